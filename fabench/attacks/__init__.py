@@ -1,0 +1,3 @@
+"""Built-in L2 attacks (each module registers its attacks): ``analytic``, ``pgd``, ``deepfool``."""
+
+from fabench.attacks import analytic, foolbox_attacks  # noqa: F401

@@ -1,0 +1,30 @@
+"""Helpers every attack shares: turning what it found into a monotone :class:`AttackOutcome`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from fabench.types import AttackOutcome
+
+#: Relative slack when comparing a found distance with a radius (float32 round-off).
+RADIUS_RTOL = 1e-5
+
+
+def outcome_from_distances(radii: Sequence[float], distances: torch.Tensor) -> AttackOutcome:
+    """For minimisation attacks: point ``n`` is broken at radius ``r`` iff ``distances[n] <= r``."""
+    r = torch.tensor([float(v) for v in radii], dtype=torch.float64)[:, None]
+    d = distances.double()[None, :]
+    broken = d <= r * (1 + RADIUS_RTOL) + 1e-12
+    return AttackOutcome(tuple(float(v) for v in radii), broken, distances.float())
+
+
+def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (x_adv - x).flatten(1).norm(dim=1)
+
+
+def is_adversarial(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True where the binary decision on ``x_adv`` differs from the label ``y`` (class index)."""
+    with torch.no_grad():
+        return model(x_adv).argmax(dim=1) != y

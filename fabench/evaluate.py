@@ -1,0 +1,217 @@
+"""One evaluation, end to end: resolve the configuration, reuse or run, write the record.
+
+This is the library entry point behind ``fabench evaluate``; it prints nothing (progress goes to
+the callback, numbers into the returned :class:`~fabench.records.Record`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fabench import params as P
+from fabench import registry
+from fabench.errors import ConfigError, UnknownNameError
+from fabench.metrics import feature_report
+from fabench.protocol import AttackSpec, check_radii, run_protocol
+from fabench.records import (
+    SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, versions, write_record,
+)
+from fabench.taskfiles import load_task_file
+from fabench.types import FitContext, ProgressFn, Task, no_progress
+
+DEFAULT_ATTACKS = ("analytic", "pgd", "deepfool")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a result (and nothing that does not)."""
+
+    task: str
+    recipe: str
+    seed: int = 0
+    attacks: Sequence[str] = DEFAULT_ATTACKS
+    radii: Sequence[float] | None = None
+    n_eval: int = 0
+    overrides: Sequence[tuple[str, str]] = ()
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Resolved:
+    task: Task
+    task_name: str
+    task_params: dict[str, Any]
+    recipe: Any
+    recipe_name: str
+    recipe_params: dict[str, Any]
+    attacks: list[AttackSpec]
+    radii: tuple[float, ...]
+    headline: tuple[float, ...]
+    config: dict[str, Any]
+    key: str
+
+
+def get_task(name: str) -> tuple[Task, str]:
+    """A registered task, or a task file given by path (``*.toml``)."""
+    if name.endswith(".toml"):
+        ft = load_task_file(name, source=f"file:{Path(name).parent}")
+        return ft, ft.meta.name
+    entry = registry.tasks.entry(name)
+    return entry.obj, entry.name
+
+
+def route_overrides(
+    pairs: Sequence[tuple[str, str]], task_defaults: Mapping[str, Any], recipe_defaults: Mapping[str, Any],
+    attack_defaults: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Send each ``--set key=value`` to the task, the recipe or an attack, parsing the value.
+
+    ``task.k``, ``recipe.m`` and ``<attack>.steps`` are explicit; a bare key goes wherever it is
+    known, and one known to both the task and the recipe must be qualified.
+    """
+    t: dict[str, Any] = {}
+    r: dict[str, Any] = {}
+    a: dict[str, dict[str, Any]] = {}
+    for key, text in pairs:
+        scope, dot, name = key.partition(".")
+        if dot and scope == "task":
+            target, defaults, owner = t, task_defaults, "task"
+        elif dot and scope == "recipe":
+            target, defaults, owner = r, recipe_defaults, "recipe"
+        elif dot and scope in attack_defaults:
+            target, defaults, owner = a.setdefault(scope, {}), attack_defaults[scope], f"attack {scope}"
+        elif dot:
+            raise UnknownNameError(
+                f"--set {key}: {scope!r} is not 'task', 'recipe' or a selected attack "
+                f"({', '.join(attack_defaults) or 'none'})"
+            )
+        else:
+            name = key
+            in_t, in_r = key in task_defaults, key in recipe_defaults
+            if in_t and in_r:
+                raise ConfigError(f"--set {key}: both the task and the recipe have {key!r}; "
+                                  f"write task.{key} or recipe.{key}")
+            if not in_t and not in_r:
+                known = sorted(set(task_defaults) | set(recipe_defaults))
+                raise UnknownNameError(f"--set {key}: no task or recipe parameter {key!r}. Known: {', '.join(known)}")
+            target, defaults, owner = (t, task_defaults, "task") if in_t else (r, recipe_defaults, "recipe")
+        if name not in defaults:
+            raise UnknownNameError(f"--set {key}: {owner} has no parameter {name!r}. Known: {', '.join(sorted(defaults))}")
+        target[name] = P.parse_value(text, defaults[name], key=key)
+    return t, r, a
+
+
+def resolve(cfg: RunConfig) -> Resolved:
+    """Look up every name and resolve every parameter; raises before any work is done."""
+    task, task_name = get_task(cfg.task)
+    recipe_entry = registry.recipes.entry(cfg.recipe)
+    recipe = recipe_entry.obj
+    attack_entries = [registry.attacks.entry(a) for a in cfg.attacks]
+    if not attack_entries:
+        raise ConfigError("need at least one attack")
+    attack_defaults = {e.name: dict(e.meta.params) for e in attack_entries}
+    t_over, r_over, a_over = route_overrides(cfg.overrides, task.meta.params, recipe.meta.params, attack_defaults)
+    task_params = P.resolve(task.meta.params, t_over, owner=f"task {task_name}")
+    task_recipe_defaults = dict(getattr(task, "recipe_defaults", {}).get(recipe_entry.name, {}))
+    recipe_params = P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}")
+    specs = [AttackSpec(e.name, e.obj, P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}"))
+             for e in attack_entries]
+    radii = check_radii(cfg.radii if cfg.radii is not None else getattr(task, "radii", ()) or (0.0,))
+    headline = tuple(r for r in getattr(task, "headline_radii", ()) if r in radii) or radii
+    if cfg.n_eval < 0:
+        raise ConfigError(f"--n-eval must be >= 0 (0 = all test points), got {cfg.n_eval}")
+    config = {
+        "schema": SCHEMA_VERSION,
+        "task": task_name,
+        "task_params": task_params,
+        "recipe": recipe_entry.name,
+        "recipe_params": recipe_params,
+        "attacks": {s.name: dict(s.params) for s in specs},
+        "radii": list(radii),
+        "n_eval": cfg.n_eval,
+        "seed": cfg.seed,
+        "sources": {"task": task.meta.source, "recipe": recipe_entry.source,
+                    **{f"attack {e.name}": e.source for e in attack_entries}},
+        **cfg.extra,
+    }
+    return Resolved(task, task_name, task_params, recipe, recipe_entry.name, recipe_params, specs,
+                    radii, headline, config, config_key(config))
+
+
+def evaluate(
+    cfg: RunConfig,
+    *,
+    out_dir: Path,
+    force: bool = False,
+    progress: ProgressFn = no_progress,
+) -> tuple[Record, Path, bool]:
+    """Run (or reuse) one evaluation. Returns ``(record, path, reused)``."""
+    res = resolve(cfg)
+    check_writable(out_dir)
+    if not force:
+        found = find_record(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key)
+        if found is not None:
+            from fabench.records import record_path
+
+            return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir, progress=progress)
+    timings["data"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir)
+    model = res.recipe.fit(data, res.recipe_params, context=context)
+    model.eval()
+    timings["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = feature_report(model.head.unit_weights(), model.head.unit_positive(), model.head.unit_labels(),
+                            model.head_features(data), data.positive_mask)
+    timings["metrics"] = time.perf_counter() - t0
+    result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
+                          progress=progress)
+    timings.update(result.timings)
+    own, other = report.own_other(data.positive_mask)
+    names = [s.name for s in res.attacks]
+    robust = {a: {radius_key(r): v for r, v in result.robust_accuracy(a).items()} for a in names + ["worst"]}
+    med = {a: result.median_distance(a) for a in names + ["worst"]}
+    class_names = list(data.class_names) or [f"class {j}" for j in range(data.num_classes)]
+    record = Record(
+        task=res.task_name,
+        recipe=res.recipe_name,
+        seed=cfg.seed,
+        config=res.config,
+        clean_accuracy=result.clean_accuracy,
+        robust_accuracy=robust,
+        median_min_distance=med["worst"],
+        median_distance=dict(med),
+        fa_score=report.score,
+        cosine_matrix={
+            "units": report.unit_labels,
+            "unit_positive": [bool(v) for v in report.unit_positive],
+            "features": class_names,
+            "positive_features": [bool(v) for v in data.positive_mask],
+            "values": [[round(float(c), 6) for c in row] for row in report.cosines],
+            "unit_scores": [float(s) for s in report.unit_scores],
+            "mean_own_class": own,
+            "mean_other_class": other,
+        },
+        n_eval=len(result.indices),
+        attacks=names,
+        radii=list(res.radii),
+        headline_radii=list(res.headline),
+        timings=timings,
+        versions=versions(),
+        data_info={"n_train": len(data.x_train), "n_test": len(data.x_test), **dict(data.info)},
+        model_info=dict(model.info),
+        sources=dict(res.config["sources"]),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        key=res.key,
+    )
+    path = write_record(record, out_dir)
+    return record, path, False

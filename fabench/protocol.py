@@ -1,0 +1,130 @@
+"""The common evaluation protocol: every attack at every radius, and the worst case per point.
+
+For ``N`` test points and radii ``r_1 < ... < r_R``:
+
+* robust accuracy of an attack at ``r`` = fraction of points that are classified correctly and
+  for which the attack found no adversarial example within L2 distance ``r``;
+* the **worst case** counts a point as broken at ``r`` if *any* attack broke it there, so it is never
+  above any single attack;
+* the minimal distance of a point is the smallest distance any attack found (``0`` when the point
+  is misclassified clean, ``inf`` when no attack broke it); the report gives its median.
+
+Points misclassified clean count as broken at every radius, for every attack.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fabench.errors import ConfigError
+from fabench.models import Classifier
+from fabench.types import Attack, AttackOutcome, ProgressFn, TaskData, no_progress
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack to run, its resolved parameters, and its registered name."""
+
+    name: str
+    attack: Attack
+    params: Mapping[str, Any]
+
+
+@dataclass
+class ProtocolResult:
+    radii: tuple[float, ...]
+    indices: torch.Tensor
+    clean_correct: torch.Tensor
+    outcomes: dict[str, AttackOutcome]
+    worst_broken: torch.Tensor
+    min_distance: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    def robust_accuracy(self, attack: str = "worst") -> dict[float, float]:
+        broken = self.worst_broken if attack == "worst" else self.outcomes[attack].broken
+        acc = (~broken).float().mean(dim=1)
+        return {r: float(a) for r, a in zip(self.radii, acc)}
+
+    def median_distance(self, attack: str = "worst") -> float:
+        d = self.min_distance if attack == "worst" else self.outcomes[attack].distances
+        return float(np.median(d.double().numpy())) if len(d) else float("nan")
+
+
+def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
+    """Sorted, de-duplicated, non-negative finite radii, or a ConfigError."""
+    out = []
+    for r in radii:
+        v = float(r)
+        if not np.isfinite(v) or v < 0:
+            raise ConfigError(f"radii must be finite and non-negative, got {r!r}")
+        out.append(v)
+    if not out:
+        raise ConfigError("need at least one radius")
+    return tuple(sorted(set(out)))
+
+
+def attack_seed(seed: int, name: str) -> int:
+    """A per-attack seed derived from the run's seed and the attack's name."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def select_points(n_test: int, n_eval: int, seed: int) -> torch.Tensor:
+    """The test points to attack: all of them, or a seeded random subset of ``n_eval``."""
+    if n_eval <= 0 or n_eval >= n_test:
+        return torch.arange(n_test)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_test, generator=g)[:n_eval].sort().values
+
+
+def run_protocol(
+    model: Classifier,
+    data: TaskData,
+    attacks: Sequence[AttackSpec],
+    *,
+    radii: Sequence[float],
+    n_eval: int = 0,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: ProgressFn = no_progress,
+) -> ProtocolResult:
+    """Run every attack on the selected test points, batch by batch, and combine them."""
+    radii = check_radii(radii)
+    idx = select_points(len(data.x_test), n_eval, seed)
+    x, y = data.x_test[idx], data.y_test[idx]
+    model.eval()
+    clean_correct = model.predict(x) == y
+    n, timings = len(x), {}
+    outcomes: dict[str, AttackOutcome] = {}
+    for spec in attacks:
+        start = time.perf_counter()
+        broken, dists = [], []
+        for b0 in range(0, n, batch_size):
+            sl = slice(b0, b0 + batch_size)
+            out = spec.attack.run(
+                model, x[sl], y[sl], radii, data=data, params=spec.params,
+                seed=attack_seed(seed, spec.name) + b0,
+            )
+            broken.append(out.broken)
+            dists.append(out.distances)
+            progress(f"attack {spec.name}", min(b0 + batch_size, n), n)
+        b = torch.cat(broken, dim=1) | ~clean_correct[None, :]
+        b = torch.cummax(b.int(), dim=0).values.bool()  # an adversarial within r is within r' > r
+        d = torch.where(clean_correct, torch.cat(dists), torch.zeros(n))
+        outcomes[spec.name] = AttackOutcome(radii, b, d)
+        timings[f"attack {spec.name}"] = time.perf_counter() - start
+    worst = ~clean_correct[None, :].expand(len(radii), n).clone()
+    min_d = torch.where(clean_correct, torch.full((n,), float("inf")), torch.zeros(n))
+    for o in outcomes.values():
+        worst |= o.broken
+        min_d = torch.minimum(min_d, o.distances)
+    return ProtocolResult(radii, idx, clean_correct, outcomes, worst, min_d, timings)

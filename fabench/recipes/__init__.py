@@ -1,0 +1,3 @@
+"""Built-in recipes (each module registers one): ``binary``, ``fine``, ``robust``."""
+
+from fabench.recipes import binary, fine, robust  # noqa: F401

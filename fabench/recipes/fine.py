@@ -1,0 +1,52 @@
+"""Recipe ``fine``: the feature-decoupled net trained on the fine (cluster) labels (Section 5).
+
+``k`` groups of ``h`` ReLU units, ``f_j(x) = 1/h sum_r ReLU(<w_{j,r}, x>)``, cross entropy on the
+cluster labels with the same gradient-descent settings as ``binary``. The binary decision is
+``sign(logsumexp_{J+} f - logsumexp_{J-} f)``. Each group learns its own feature, and the binary
+decision survives radii about ``sqrt(k/2)`` times larger.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from fabench import registry
+from fabench.models import Classifier, FineHead
+from fabench.models.backbones import BACKBONE_PARAMS
+from fabench.recipes.binary import GD_PARAMS
+from fabench.recipes.common import setup_head
+from fabench.recipes.training import descend
+from fabench.types import FitContext, Meta, Params, TaskData
+
+
+@registry.recipes.register
+class FineRecipe:
+    meta: ClassVar[Meta] = Meta(
+        name="fine",
+        description="k groups of h ReLU units trained on cluster labels (cross entropy); "
+        "binary decision by log-sum-exp difference",
+        reference="Li, Pan, Lyu, Li (ICLR 2025), Section 5 (feature decoupling)",
+        params={"h": 1, "bias": False, **GD_PARAMS, **BACKBONE_PARAMS},
+    )
+
+    def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:
+        s = setup_head(data, params, context=context)
+        head = FineHead(
+            s.dim, data.num_classes, int(params["h"]), data.positive_mask,
+            init_std=float(params["init_std"]), bias=bool(params["bias"]), generator=s.generator,
+        )
+        target = data.fine_train
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(head.fine_logits(s.z_train[idx]), target[idx])
+
+        history = descend(
+            list(head.parameters()), loss, len(s.z_train), lr=float(params["lr"]),
+            steps=int(params["steps"]), optimizer=str(params["optimizer"]),
+            batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
+            stage="train fine",
+        )
+        return Classifier(head, s.backbone, info={"final_loss": history[-1] if history else None})

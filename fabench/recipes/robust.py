@@ -1,0 +1,44 @@
+"""Recipe ``robust``: the handcrafted ``f_robust`` that shows what robustness is reachable.
+
+One ReLU unit per feature, ``ReLU(<mu_j, z - c> / ||mu_j|| - t_j)``, summed with sign ``+`` for
+``J+`` and ``-`` for ``J-``. The threshold ``t_j = bias_fraction * ||mu_j - c||`` filters the noise
+(for the synthetic task ``<mu_j, xi> / ||mu_j|| ~ N(0, sigma^2)`` while the signal is ``sqrt(d)``).
+No training. ``centre = "mean"`` centres on the mean of the features (real data, whose class means
+share a large common part); ``"none"`` uses ``c = 0``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fabench import registry
+from fabench.errors import ConfigError
+from fabench.models import Classifier, RobustHead
+from fabench.models.classifier import feature_means
+from fabench.models.backbones import BACKBONE_PARAMS, build_backbone
+from fabench.types import FitContext, Meta, Params, TaskData
+
+
+@registry.recipes.register
+class RobustRecipe:
+    meta: ClassVar[Meta] = Meta(
+        name="robust",
+        description="handcrafted f_robust: one ReLU unit per feature with a noise-filtering bias",
+        reference="Li, Pan, Lyu, Li (ICLR 2025), robust network f_robust (Section 4)",
+        params={"bias_fraction": 0.5, "centre": "none", **BACKBONE_PARAMS},
+    )
+
+    def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:
+        frac = float(params["bias_fraction"])
+        if not 0.0 <= frac < 1.0:
+            raise ConfigError(f"robust.bias_fraction must be in [0, 1), got {frac}")
+        backbone = build_backbone(data, params, context=context)
+        mu = feature_means(backbone, data)
+        if params["centre"] == "mean":
+            centre = mu.mean(dim=0)
+        elif params["centre"] == "none":
+            centre = mu.new_zeros(mu.shape[1])
+        else:
+            raise ConfigError(f"robust.centre must be 'none' or 'mean', got {params['centre']!r}")
+        thresholds = frac * (mu - centre).norm(dim=1)
+        return Classifier(RobustHead(mu - centre, data.positive_mask, thresholds, centre), backbone)

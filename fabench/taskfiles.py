@@ -1,0 +1,161 @@
+"""Task definitions as data: ``tasks/*.toml`` files bound to task *kinds* implemented in code.
+
+A task file names a ``kind`` (``synthetic``, ``mnist``, ``cifar10``, ...), overrides the kind's
+parameters, and gives the radius grid and the recipes' task-specific defaults::
+
+    name = "mnist-parity"
+    kind = "mnist"
+    description = "MNIST, even digits vs odd digits"
+    reference = "Section 6 (real data)"
+    [params]
+    positive_classes = [0, 2, 4, 6, 8]
+    [radii]
+    start = 0.0
+    stop = 2.0
+    step = 0.1
+    headline = [0.4, 0.8, 1.2, 1.6, 2.0]
+    [recipe_defaults.binary]
+    m = 15
+
+A new split of existing data is a new file and no code. Files in ``tasks/`` (shipped as
+``fabench.builtin_tasks``) are registered at start; ``fabench evaluate --task path/to/file.toml``
+evaluates a file directly; directories in ``FABENCH_TASKS_PATH`` (``os.pathsep``-separated) add more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Protocol, TypeVar
+
+from fabench import params as P
+from fabench.errors import ConfigError, UnknownNameError
+from fabench.types import Meta, Params, ProgressFn, TaskData, no_progress
+
+TASKS_PATH_ENV = "FABENCH_TASKS_PATH"
+
+
+class TaskKind(Protocol):
+    """Code that makes :class:`TaskData` for one family of tasks (one data source)."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[Mapping[str, Any]]
+
+    def load(
+        self, params: Params, *, seed: int, data_dir: str | None, progress: ProgressFn
+    ) -> TaskData:
+        ...
+
+
+TASK_KINDS: dict[str, type[TaskKind]] = {}
+K = TypeVar("K", bound=type)
+
+
+def task_kind(cls: K) -> K:
+    """Class decorator: register a task kind under ``cls.name``."""
+    TASK_KINDS[getattr(cls, "name")] = cls
+    return cls
+
+
+def _import_kinds() -> None:
+    # Import the modules that define the built-in kinds (they register on import).
+    import fabench.data  # noqa: F401
+
+
+def radius_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """``start, start+step, ..., stop`` (inclusive), rounded to hide float drift."""
+    if step <= 0 or stop < start or start < 0:
+        raise ConfigError(f"bad radius grid start={start} stop={stop} step={step}")
+    n = int(round((stop - start) / step))
+    return tuple(round(start + i * step, 10) for i in range(n + 1))
+
+
+@dataclass
+class FileTask:
+    """A registered task made from a task file: a kind plus parameters and radii."""
+
+    meta: Meta
+    kind: str
+    radii: tuple[float, ...]
+    headline_radii: tuple[float, ...]
+    recipe_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path: str = ""
+
+    def load(
+        self,
+        params: Params,
+        *,
+        seed: int,
+        data_dir: str | None = None,
+        progress: ProgressFn = no_progress,
+    ) -> TaskData:
+        _import_kinds()
+        kind = TASK_KINDS[self.kind]()
+        data = kind.load(params, seed=seed, data_dir=data_dir, progress=progress)
+        return dataclasses.replace(
+            data, name=self.meta.name, radii=self.radii, headline_radii=self.headline_radii
+        )
+
+
+def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> FileTask:
+    """Read and validate one task file."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"task file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"task file {str(p)!r} is not valid TOML: {exc}") from None
+    _import_kinds()
+    kind = raw.get("kind")
+    if kind not in TASK_KINDS:
+        raise UnknownNameError(
+            f"task file {str(p)!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(TASK_KINDS))}"
+        )
+    name = str(raw.get("name") or p.stem)
+    params = P.resolve(TASK_KINDS[kind].defaults, raw.get("params", {}), owner=f"task {name}")
+    rad = raw.get("radii", {})
+    try:
+        radii = radius_grid(float(rad["start"]), float(rad["stop"]), float(rad["step"]))
+    except KeyError as exc:
+        raise ConfigError(f"task file {str(p)!r}: [radii] needs start, stop, step ({exc} missing)") from None
+    headline = tuple(float(r) for r in rad.get("headline", radii))
+    rd = raw.get("recipe_defaults", {})
+    if not isinstance(rd, dict) or not all(isinstance(v, dict) for v in rd.values()):
+        raise ConfigError(f"task file {str(p)!r}: [recipe_defaults.<recipe>] tables expected")
+    meta = Meta(
+        name=name,
+        description=str(raw.get("description", "")),
+        reference=str(raw.get("reference", "")),
+        params=params,
+        source=source,
+    )
+    return FileTask(meta, kind, radii, headline, rd, str(p))
+
+
+def builtin_task_files() -> list[Path]:
+    """The task files shipped with fabench (``tasks/`` in the repository)."""
+    root = importlib.resources.files("fabench.builtin_tasks")
+    return sorted(Path(str(f)) for f in root.iterdir() if f.name.endswith(".toml"))
+
+
+def extra_task_files() -> list[Path]:
+    out: list[Path] = []
+    for d in os.environ.get(TASKS_PATH_ENV, "").split(os.pathsep):
+        if d and Path(d).is_dir():
+            out.extend(sorted(Path(d).glob("*.toml")))
+    return out
+
+
+def register_builtin_tasks(register: Callable[..., Any] | None = None) -> None:
+    from fabench import registry
+
+    reg = register or registry.tasks.register
+    for f in builtin_task_files():
+        reg(load_task_file(f))
+    for f in extra_task_files():
+        reg(load_task_file(f, source=f"file:{f.parent}"), source=f"file:{f.parent}")
