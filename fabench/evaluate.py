@@ -169,6 +169,8 @@ def evaluate(
     model = res.recipe.fit(data, res.recipe_params, context=context)
     model.eval()
     timings["train"] = time.perf_counter() - t0
+    # Stages inside the recipe (backbone training, feature extraction) report their own times.
+    timings.update({f"train: {k}": float(v) for k, v in model.info.pop("timings", {}).items()})
     t0 = time.perf_counter()
     report = feature_report(model.head.unit_weights(), model.head.unit_positive(), model.head.unit_labels(),
                             model.head_features(data), data.positive_mask)

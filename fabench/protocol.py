@@ -108,6 +108,7 @@ def run_protocol(
     for spec in attacks:
         start = time.perf_counter()
         broken, dists = [], []
+        progress(f"attack {spec.name}", 0, n)
         for b0 in range(0, n, batch_size):
             sl = slice(b0, b0 + batch_size)
             out = spec.attack.run(
