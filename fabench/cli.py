@@ -120,6 +120,131 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` or ``0:3`` (half-open, like ``range``) -> distinct seeds in the given order."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            lo, _, hi = text.partition(":")
+            seeds = list(range(int(lo), int(hi)))
+        else:
+            seeds = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2 or a range like 0:3") from None
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r}: no seeds given")
+    return list(dict.fromkeys(seeds))
+
+
+def add_sweep_options(ev: argparse.ArgumentParser) -> None:
+    """``evaluate --seeds`` and ``evaluate --plot`` (the command runs through :func:`cmd_evaluate_sweep`)."""
+    ev.add_argument("--seeds", metavar="SEEDS",
+                    help="run several seeds (0,1,2 or 0:3), reusing finished records; replaces --seed")
+    ev.add_argument("--plot", action="store_true",
+                    help="also draw the robustness curve (mean and spread over the seeds) and the cosine "
+                         "heatmap, as PNG and SVG, into --plot-dir")
+    ev.add_argument("--plot-dir", help="where --plot writes figures (default: <results>/figures)")
+    ev.set_defaults(func=cmd_evaluate_sweep)
+
+
+def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
+    """``fabench evaluate`` with ``--seeds`` and ``--plot``: one :func:`cmd_evaluate` per seed."""
+    from fabench.evaluate import RunConfig, resolve
+    from fabench.records import find_record
+
+    if args.seeds is not None and args.seed != 0:
+        raise ConfigError("give either --seed or --seeds, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+    for seed in seeds:
+        if len(seeds) > 1 and not args.json:
+            out.write(f"== seed {seed} ==\n")
+        status = cmd_evaluate(argparse.Namespace(**{**vars(args), "seed": seed}), out)
+        if status:
+            return status
+    if args.plot:
+        from fabench import plots
+
+        records = []
+        for seed in seeds:  # the records just written or reused, found again by their key
+            cfg = RunConfig(task=args.task, recipe=args.recipe, seed=seed,
+                            attacks=[a.strip() for a in args.attacks.split(",") if a.strip()],
+                            radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.n_eval,
+                            overrides=parse_assignments(args.set or []), data_dir=args.data_dir,
+                            cache_dir=args.cache_dir)
+            res = resolve(cfg)
+            rec = find_record(out_dir, res.task_name, res.recipe_name, seed, res.key)
+            if rec is not None:
+                records.append(rec)
+        plot_dir = Path(args.plot_dir).expanduser() if args.plot_dir else out_dir / "figures"
+        paths = plots.plot_evaluation(records, out_dir=plot_dir)
+        human = sys.stderr if args.json else out
+        human.write("figures: " + ", ".join(str(p) for p in paths) + "\n")
+    return 0
+
+
+def add_publish_commands(sub: Any) -> None:
+    """The ``leaderboard`` and ``plot`` subcommands."""
+    lb = sub.add_parser("leaderboard", help="tables (and figures) of all result records")
+    lb.add_argument("--results", help="directory of result records (default: $FABENCH_RESULTS or "
+                                      "~/.local/share/fabench/results)")
+    lb.add_argument("--out", help="write the tables and figures here (e.g. leaderboard/); default: print")
+    lb.add_argument("--format", help="markdown, csv or json, or a comma-separated list (default: markdown "
+                                     "on stdout; with --out all three, the markdown embedding the figures)")
+    lb.add_argument("--no-figures", action="store_true", help="with --out: tables only")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    pl = sub.add_parser("plot", help="robustness curves and cosine heatmaps of all result records")
+    pl.add_argument("--results", help="directory of result records (default: $FABENCH_RESULTS or "
+                                      "~/.local/share/fabench/results)")
+    pl.add_argument("--out", help="where to write PNG and SVG figures (default: <results>/figures)")
+    pl.set_defaults(func=cmd_plot)
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    results = Path(args.results).expanduser() if args.results else default_results_dir()
+    if not results.is_dir():
+        raise ConfigError(f"no results directory {str(results)!r} (run `fabench evaluate` first, or give --results)")
+    return results
+
+
+def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
+    from fabench import leaderboard
+
+    formats = [f.strip() for f in (args.format or "").split(",") if f.strip()]
+    unknown = [f for f in formats if f not in leaderboard.FORMATS]
+    if unknown:
+        raise ConfigError(f"--format {args.format!r}: unknown {', '.join(unknown)}; "
+                          f"known: {', '.join(leaderboard.FORMATS)}")
+    results = _results_dir(args)
+    board = leaderboard.load(results)
+    if board.empty:
+        raise ConfigError(f"no result records below {str(results)!r}")
+    if args.out:
+        written = leaderboard.publish(board, Path(args.out).expanduser(),
+                                      formats=formats or leaderboard.FORMATS, figures=not args.no_figures)
+        for path in written:
+            out.write(f"wrote {path}\n")
+    else:
+        for fmt in formats or ["markdown"]:
+            out.write(leaderboard.render(board, fmt=fmt))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
+    from fabench import plots
+    from fabench.records import iter_records
+
+    results = _results_dir(args)
+    records = [rec for _, rec in iter_records(results)]
+    if not records:
+        raise ConfigError(f"no result records below {str(results)!r}")
+    target = Path(args.out).expanduser() if args.out else results / "figures"
+    for path in plots.plot_all(records, out_dir=target):
+        out.write(f"wrote {path}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fabench",
@@ -137,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", required=True, help="registered task name, or a task file (*.toml)")
     ev.add_argument("--recipe", required=True, help="registered recipe (name or name@distribution)")
     ev.add_argument("--seed", type=int, default=0, help="seed of data, init and attacks (default 0)")
-    ev.add_argument("--attacks", default="analytic,pgd,deepfool", help="comma-separated attack names")
+    ev.add_argument("--attacks", default="analytic,pairwise,pgd,deepfool", help="comma-separated attack names (default: all four built-ins)")
     ev.add_argument("--epsilons", help="radii: 0,10,20 or start:stop:step (default: the task's grid)")
     ev.add_argument("--n-eval", type=int, default=0, help="test points to attack (0 = all; else a seeded subset)")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -149,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print exactly one JSON record on stdout")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
+    add_sweep_options(ev)
+    add_publish_commands(sub)
     return p
 
 

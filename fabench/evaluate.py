@@ -23,7 +23,7 @@ from fabench.records import (
 from fabench.taskfiles import load_task_file
 from fabench.types import FitContext, ProgressFn, Task, no_progress
 
-DEFAULT_ATTACKS = ("analytic", "pgd", "deepfool")
+DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
 
 
 @dataclass

@@ -1,12 +1,19 @@
-"""The analytic averaged-feature attack (the paper's attack on feature-averaging networks).
+"""Analytic feature attacks: line searches along directions built from the features ``mu_j``.
 
-``rho = -y * eps * u`` with ``u = (sum_{J+} mu_j - sum_{J-} mu_j) / ||...||``: a step of every point
-away from its class's average feature and towards the other class's. On a network whose neurons
-are the class averages it flips the decision at ``eps`` about ``sqrt(d/k)`` (synthetic task).
+``analytic`` is the paper's averaged-feature attack: ``rho = -y * eps * u`` with
+``u = unit(sum_{J+} mu_j - sum_{J-} mu_j)``, a step of every point away from its class's average
+feature and towards the other class's. On a network whose neurons are the class averages it flips
+the decision at ``eps`` about ``sqrt(d/k)`` (synthetic task); on a feature-decoupled network it
+needs about ``sqrt(k/2)`` times more.
 
-The attack is a line search along that fixed direction: a scan of ``scan_points`` radii up to
-``max_radius`` (default: twice the largest radius asked for), refined by bisection, gives every
-point's smallest flipping distance along the line (clipped to the input bounds).
+``pairwise`` moves a point of cluster ``j`` towards each other-class feature along
+``unit(mu_j' - mu_j)`` and keeps the nearest flip: the perturbation that bounds the robustness of
+feature-decoupled networks (about ``sqrt(d/2)`` on the synthetic task). Gradient attacks can miss
+it when the other class's units are inactive at ``x`` (zero gradient), e.g. on ``f_robust``.
+
+Both are exact line searches: a scan of ``scan_points`` radii up to ``max_radius`` (default: twice
+the largest radius asked for), refined by bisection, gives every point's smallest flipping
+distance along the line (after clipping to the input bounds).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from fabench.types import AttackOutcome, Meta, Params, TaskData
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier
 
+LINE_SEARCH_PARAMS = {"scan_points": 64, "bisect_steps": 20, "max_radius": 0.0}
+
 
 def averaged_feature_direction(data: TaskData) -> torch.Tensor:
     """``u = unit(sum_{J+} mu_j - sum_{J-} mu_j)`` in input space, shaped like one input."""
@@ -31,13 +40,60 @@ def averaged_feature_direction(data: TaskData) -> torch.Tensor:
     return (v / v.norm().clamp_min(1e-300)).float().reshape(data.input_shape)
 
 
+def line_search(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor, *,
+    bounds: tuple[float, float], t_max: float, scan_points: int = 64, bisect_steps: int = 20,
+) -> torch.Tensor:
+    """Smallest L2 distance at which ``clip(x + t * direction)`` is misclassified (``inf``: none).
+
+    ``directions`` are unit vectors, one per point. Points misclassified at ``t = 0`` get 0.
+    """
+    n = len(x)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+
+    def point(t: torch.Tensor) -> torch.Tensor:
+        return (x + t.reshape(shape) * directions).clamp(*bounds)
+
+    def broken(t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (model.margin(point(t)) > 0).long() != y
+
+    lo = torch.zeros(n)
+    hi = torch.full((n,), float("inf"))
+    done = broken(torch.zeros(n))
+    hi[done] = 0.0
+    for t in torch.linspace(0, t_max, scan_points + 1)[1:]:
+        todo = ~done
+        if not todo.any():
+            break
+        b = broken(torch.full((n,), float(t))) & todo
+        hi[b] = float(t)
+        lo[todo & ~b] = float(t)
+        done |= b
+    hit = torch.isfinite(hi) & (hi > 0)
+    for _ in range(bisect_steps):
+        if not hit.any():
+            break
+        mid = torch.where(hit, (lo + hi) / 2, torch.zeros(n))
+        b = broken(mid)
+        hi = torch.where(hit & b, mid, hi)
+        lo = torch.where(hit & ~b, mid, lo)
+    ok = torch.isfinite(hi)
+    dist = (point(torch.where(ok, hi, torch.zeros(n))) - x).flatten(1).norm(dim=1)
+    return torch.where(ok, dist, torch.full((n,), float("inf")))
+
+
+def _t_max(params: Params, radii: Sequence[float]) -> float:
+    return float(params["max_radius"]) or 2 * max(max(radii), 1e-6)
+
+
 @registry.attacks.register
 class AnalyticAttack:
     meta: ClassVar[Meta] = Meta(
         name="analytic",
         description="averaged-feature attack: -y * eps * unit(sum_J+ mu - sum_J- mu), line search",
-        reference="Li, Pan, Lyu, Li (ICLR 2025), Theorem 4.x (non-robustness of feature averaging)",
-        params={"scan_points": 64, "bisect_steps": 20, "max_radius": 0.0},
+        reference="Li, Pan, Lyu, Li (ICLR 2025): non-robustness of feature-averaging networks",
+        params=dict(LINE_SEARCH_PARAMS),
     )
     minimization: ClassVar[bool] = True
 
@@ -45,41 +101,48 @@ class AnalyticAttack:
         self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
         data: TaskData, params: Params, seed: int,
     ) -> AttackOutcome:
-        lo_b, hi_b = data.bounds
         u = averaged_feature_direction(data).to(x)
-        sign = (1 - 2 * y.float()).reshape(-1, *([1] * (x.dim() - 1)))  # -y in {+1,-1}
-        step = sign * u  # per point, unit norm
+        sign = (1 - 2 * y.float()).reshape((-1,) + (1,) * (x.dim() - 1))  # -y in {+1, -1}
+        dist = line_search(
+            model, x, y, sign * u, bounds=data.bounds, t_max=_t_max(params, radii),
+            scan_points=int(params["scan_points"]), bisect_steps=int(params["bisect_steps"]),
+        )
+        return outcome_from_distances(radii, dist)
 
-        def point(t: torch.Tensor) -> torch.Tensor:
-            return (x + t.reshape(-1, *([1] * (x.dim() - 1))) * step).clamp(lo_b, hi_b)
 
-        def broken(t: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return (model.margin(point(t)) > 0).long() != y
+@registry.attacks.register
+class PairwiseFeatureAttack:
+    meta: ClassVar[Meta] = Meta(
+        name="pairwise",
+        description="line search from each point towards every other-class feature, unit(mu_j' - mu_j)",
+        reference="Li, Pan, Lyu, Li (ICLR 2025): robustness bound of feature-decoupled networks",
+        params={**LINE_SEARCH_PARAMS, "scan_points": 32},
+    )
+    minimization: ClassVar[bool] = True
 
-        t_max = float(params["max_radius"]) or 2 * max(max(radii), 1e-6)
-        n = len(x)
-        found = torch.full((n,), float("inf"))
-        lo = torch.zeros(n)
-        hi = torch.full((n,), float("inf"))
-        done = broken(torch.zeros(n))
-        hi[done] = 0.0
-        for t in torch.linspace(0, t_max, int(params["scan_points"]) + 1)[1:]:
-            todo = ~done
-            if not todo.any():
-                break
-            b = broken(torch.full((n,), float(t))) & todo
-            hi[b] = float(t)
-            lo[todo & ~b] = float(t)
-            done |= b
-        hit = torch.isfinite(hi) & (hi > 0)
-        for _ in range(int(params["bisect_steps"])):
-            mid = (lo + hi) / 2
-            b = broken(torch.where(hit, mid, torch.zeros(n)))
-            hi = torch.where(hit & b, mid, hi)
-            lo = torch.where(hit & ~b, mid, lo)
-        ok = torch.isfinite(hi)
-        t_final = torch.where(ok, hi, torch.zeros(n))
-        dist = (point(t_final) - x).flatten(1).norm(dim=1)
-        found[ok] = dist[ok]
-        return outcome_from_distances(radii, found)
+    def run(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params, seed: int,
+    ) -> AttackOutcome:
+        # The cluster of each point is not an input of the protocol; take the nearest feature
+        # of the point's own binary class (its true cluster for well-separated data).
+        mu = data.features.flatten(1).to(x)
+        pos = data.positive_mask
+        flat = x.flatten(1)
+        d2 = torch.cdist(flat, mu)
+        own_class = pos[None, :] == y.bool()[:, None]
+        own = torch.where(own_class, d2, torch.full_like(d2, float("inf"))).argmin(dim=1)
+        best = torch.full((len(x),), float("inf"))
+        for j in range(data.num_classes):
+            target = own_class[:, j].logical_not()
+            if not target.any():
+                continue
+            v = mu[j][None, :] - mu[own]
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            dist = line_search(
+                model, x[target], y[target], v[target].reshape((-1,) + tuple(x.shape[1:])),
+                bounds=data.bounds, t_max=_t_max(params, radii),
+                scan_points=int(params["scan_points"]), bisect_steps=int(params["bisect_steps"]),
+            )
+            best[target] = torch.minimum(best[target], dist)
+        return outcome_from_distances(radii, best)
