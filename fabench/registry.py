@@ -16,6 +16,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -47,6 +48,11 @@ class Entry(Generic[T]):
     def meta(self) -> Meta:
         meta: Meta = getattr(self.obj, "meta")
         return meta
+
+
+def normalize_dist(name: str) -> str:
+    """PEP 503 normalisation: ``Fabench_Example.Plugin`` and ``fabench-example-plugin`` are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _instantiate(obj: Any) -> Any:
@@ -154,7 +160,7 @@ class Registry(Generic[T]):
             )
         if source:
             for e in providers:
-                if e.source == source:
+                if normalize_dist(e.source) == normalize_dist(source):
                     return e
             raise UnknownNameError(
                 f"{self.kind} {base!r} has no provider {source!r}; providers: "

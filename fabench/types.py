@@ -9,6 +9,12 @@ This module is the one place a plugin author needs to read. Everything in it is 
 * an :class:`Attack` turns a classifier and a batch into an :class:`AttackOutcome`
   (``Attack.run``): for every radius, which points it broke, and the smallest distance it found.
 
+**Plugins** provide the same three kinds of objects through the entry-point groups
+``fabench.tasks``, ``fabench.recipes`` and ``fabench.attacks`` (``name = "module:object"``, where
+``name`` equals ``object.meta.name`` and ``object`` is a class instantiable with no arguments or an
+instance). fabench records the providing distribution in ``Meta.source``; a plugin never prints and
+never registers itself on import. See ``docs/plugins.md`` and ``examples/fabench-example-plugin``.
+
 Notation follows Li, Pan, Lyu, Li, "Feature Averaging: An Implicit Bias of Gradient Descent
 Leading to Non-Robustness in Neural Networks" (ICLR 2025): ``k`` clusters (fine classes) with
 features ``mu_j``; ``J+`` are the positive clusters, ``J-`` the others; binary label ``y = +1``

@@ -1,0 +1,347 @@
+"""Result records -> leaderboard tables (markdown, CSV, JSON).
+
+One table per task, one row per *configuration group*: the records that share their whole
+configuration except the seed (``Record.config`` minus ``"seed"``), which in practice is one row
+per recipe (built-in or plugin). Each row gives, as mean ± sample standard deviation (``ddof=1``)
+over the seeds:
+
+* clean accuracy of the binary decision;
+* worst-case robust accuracy (per point, the worst over all attacks of the record) at the task's
+  headline L2 radii (``Record.headline_radii``);
+* the median minimal adversarial L2 distance (worst case over attacks);
+* the feature-averaging score (:mod:`fabench.metrics`);
+
+plus the number of seeds, the attacks the worst case covered, and whether the data was a subset
+(``record.data_info["data_subset"]``). Rows are ordered by task, then recipe name, then
+configuration id; nothing in the output depends on file order, time or the machine, so the same
+records always give the same bytes (``fabench leaderboard`` regenerates ``leaderboard/`` exactly).
+This module prints nothing; :mod:`fabench.cli` does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+from tabulate import tabulate
+
+from fabench.records import Record, config_key, iter_records, radius_key, write_atomic
+
+FORMATS = ("markdown", "csv", "json")
+TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
+FIGURES_DIR = "figures"
+DIGITS = 6
+"""Numbers in CSV and JSON are rounded to this many decimals (so they do not show float noise)."""
+
+
+# -- grouping ---------------------------------------------------------------------------------
+def group_key(record: Record) -> str:
+    """The configuration key of a record *without its seed*: records with equal keys are seeds
+    of one experiment and are aggregated into one leaderboard row."""
+    return config_key({k: v for k, v in record.config.items() if k != "seed"})
+
+
+@dataclass(frozen=True)
+class Group:
+    """The records of one configuration, one per seed, sorted by seed."""
+
+    task: str
+    recipe: str
+    config_id: str
+    records: tuple[Record, ...]
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(r.seed for r in self.records)
+
+    @property
+    def attacks(self) -> tuple[str, ...]:
+        return tuple(self.records[0].attacks)
+
+    @property
+    def data_subset(self) -> bool:
+        return any(bool(r.data_info.get("data_subset")) for r in self.records)
+
+
+def group_records(records: Iterable[Record]) -> list[Group]:
+    """Group records by configuration minus seed, one record per seed (the first met wins, so
+    copies of one record in two directories count once). Sorted by task, recipe, config id."""
+    by_key: dict[str, dict[int, Record]] = {}
+    for rec in records:
+        by_key.setdefault(group_key(rec), {}).setdefault(int(rec.seed), rec)
+    groups = []
+    for key, seeds in by_key.items():
+        recs = tuple(seeds[s] for s in sorted(seeds))
+        groups.append(Group(recs[0].task, recs[0].recipe, key[:8], recs))
+    return sorted(groups, key=lambda g: (g.task, g.recipe, g.config_id))
+
+
+def read_records(results: Path) -> list[Record]:
+    """Every readable record below ``results`` (sorted by path)."""
+    return [rec for _, rec in iter_records(results)]
+
+
+# -- the per-record frame and its summary -------------------------------------------------------
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def robust_column(radius: float) -> str:
+    """Name of the frame column of the worst-case robust accuracy at ``radius``."""
+    return f"robust@{radius_key(radius)}"
+
+
+def records_frame(groups: Sequence[Group]) -> pd.DataFrame:
+    """One row per record: identifiers and the numbers the leaderboard aggregates."""
+    rows = []
+    for g in groups:
+        for rec in g.records:
+            row: dict[str, Any] = {
+                "task": g.task, "recipe": g.recipe, "config_id": g.config_id, "seed": int(rec.seed),
+                "clean_accuracy": _num(rec.clean_accuracy),
+                "median_min_distance": _num(rec.median_min_distance),
+                "fa_score": _num(rec.fa_score),
+            }
+            worst = rec.robust_accuracy.get("worst", {})
+            for r in rec.headline_radii:
+                row[robust_column(r)] = _num(worst.get(radius_key(r)))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+METRICS = ("clean_accuracy", "median_min_distance", "fa_score")
+
+
+@dataclass(frozen=True)
+class TaskTable:
+    """The leaderboard of one task: its headline radii and one summary row per group."""
+
+    task: str
+    headline_radii: tuple[float, ...]
+    groups: tuple[Group, ...]
+    summary: pd.DataFrame
+    """Index: position of the group; columns ``<metric>_mean``, ``<metric>_std`` for the metrics
+    and every ``robust@<radius>`` column, plus ``n_seeds``."""
+
+    def stat(self, i: int, column: str) -> tuple[float, float]:
+        """Mean and sample std (``nan`` with one seed) of ``column`` for group ``i``."""
+        return float(self.summary.at[i, f"{column}_mean"]), float(self.summary.at[i, f"{column}_std"])
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """All task tables, in task order."""
+
+    tables: tuple[TaskTable, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.tables
+
+    @property
+    def groups(self) -> list[Group]:
+        return [g for t in self.tables for g in t.groups]
+
+
+def build(records: Iterable[Record]) -> Leaderboard:
+    """Group the records and aggregate each group over its seeds (mean, sample std)."""
+    groups = group_records(records)
+    tables = []
+    for task in sorted({g.task for g in groups}):
+        tgroups = tuple(g for g in groups if g.task == task)
+        radii = tuple(sorted({float(r) for g in tgroups for rec in g.records for r in rec.headline_radii}))
+        frame = records_frame(tgroups)
+        columns = list(METRICS) + [robust_column(r) for r in radii]
+        for c in columns:
+            if c not in frame:
+                frame[c] = math.nan
+        frame["group"] = [i for i, g in enumerate(tgroups) for _ in g.records]
+        agg = frame.groupby("group", sort=True)[columns].agg(["mean", "std"])
+        agg.columns = [f"{c}_{s}" for c, s in agg.columns]
+        agg["n_seeds"] = frame.groupby("group", sort=True)["seed"].nunique()
+        tables.append(TaskTable(task, radii, tgroups, agg))
+    return Leaderboard(tuple(tables))
+
+
+def load(results: Path) -> Leaderboard:
+    """:func:`build` on every record below ``results``."""
+    return build(read_records(results))
+
+
+# -- rendering --------------------------------------------------------------------------------
+def _round(v: float) -> float | None:
+    return None if math.isnan(v) else round(v, DIGITS)
+
+
+def format_stat(mean: float, std: float, *, digits: int = 3) -> str:
+    """``0.812 ± 0.004``; just ``0.812`` with one seed; ``n/a`` when there is no value."""
+    if math.isnan(mean):
+        return "n/a"
+    if math.isinf(mean):
+        return "inf"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _data_label(g: Group) -> str:
+    info = g.records[0].data_info
+    counts = f"{info.get('n_train', '?')} train / {info.get('n_test', '?')} test"
+    return f"**subset** ({counts})" if g.data_subset else f"full ({counts})"
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(params.items())) or "defaults"
+
+
+def _recipe_label(g: Group) -> str:
+    source = g.records[0].sources.get("recipe", "fabench")
+    return g.recipe if source == "fabench" else f"{g.recipe} ({source})"
+
+
+def markdown_table(table: TaskTable) -> str:
+    """The github-flavoured markdown table of one task."""
+    headers = ["recipe", "seeds", "clean acc."]
+    headers += [f"robust acc. ε={radius_key(r)}" for r in table.headline_radii]
+    headers += ["median min. L2 dist.", "FA score", "worst case over", "data", "config"]
+    rows = []
+    for i, g in enumerate(table.groups):
+        row = [_recipe_label(g), f"{len(g.seeds)} ({', '.join(map(str, g.seeds))})",
+               format_stat(*table.stat(i, "clean_accuracy"))]
+        row += [format_stat(*table.stat(i, robust_column(r))) for r in table.headline_radii]
+        row += [format_stat(*table.stat(i, "median_min_distance"), digits=2),
+                format_stat(*table.stat(i, "fa_score")),
+                ", ".join(g.attacks), _data_label(g), f"`{g.config_id}`"]
+        rows.append(row)
+    aligns = ["left", "left"] + ["right"] * (len(headers) - 5) + ["left", "left", "left"]
+    out: str = tabulate(rows, headers=headers, tablefmt="github", colalign=aligns, disable_numparse=True)
+    return out
+
+
+def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> str:
+    """The whole leaderboard page. ``figures`` maps a task (or ``""`` for the page top) to
+    ``(alt text, relative path)`` pairs to embed."""
+    figs = figures or {}
+    n_records = sum(len(g.records) for g in board.groups)
+    lines = [
+        "# fabench leaderboard",
+        "",
+        "Feature averaging and its cost in L2 robustness (Li, Pan, Lyu, Li, ICLR 2025).",
+        f"Generated by `fabench leaderboard` from {n_records} result records; do not edit by hand.",
+        "",
+        "Each row aggregates the records that share a configuration except the seed: numbers are "
+        "mean ± sample standard deviation over the seeds. *Robust acc. ε=r* is the worst-case "
+        "(per point, over every attack in *worst case over*) accuracy of the binary decision "
+        "under L2 perturbations of norm at most r; *median min. L2 dist.* is the median over test "
+        "points of the smallest adversarial distance any attack found; the *FA score* is 1 for "
+        "feature averaging (every unit equally aligned with all its class's features) and 0 for "
+        "decoupled features. *config* is the first 8 hex digits of the configuration key without "
+        "the seed; the records are in `records/`.",
+        "",
+    ]
+    lines += [f"![{alt}]({path})" for alt, path in figs.get("", ())] + ([""] if figs.get("") else [])
+    for table in board.tables:
+        lines += [f"## {table.task}", ""]
+        if any(g.data_subset for g in table.groups):
+            lines += ["**Data subset:** rows marked *subset* were trained and evaluated on a subset of "
+                      "the dataset, not the full split.", ""]
+        lines += [markdown_table(table), "", "Configurations:", ""]
+        for g in table.groups:
+            cfg = g.records[0].config
+            lines.append(f"- `{g.config_id}` {g.recipe}: task {_params_text(cfg.get('task_params', {}))}; "
+                         f"recipe {_params_text(cfg.get('recipe_params', {}))}; "
+                         f"n_eval={cfg.get('n_eval')} (0 = all test points)")
+        lines.append("")
+        links = [f"![{alt}]({path})" for alt, path in figs.get(table.task, ())]
+        lines += links + ([""] if links else [])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def rows(board: Leaderboard) -> list[dict[str, Any]]:
+    """Machine-readable rows (numbers, not strings), one per group, in leaderboard order."""
+    out = []
+    for table in board.tables:
+        for i, g in enumerate(table.groups):
+            row: dict[str, Any] = {
+                "task": g.task, "recipe": g.recipe, "recipe_source": g.records[0].sources.get("recipe", "fabench"),
+                "config_id": g.config_id, "n_seeds": len(g.seeds), "seeds": list(g.seeds),
+            }
+            for m in METRICS:
+                mean, std = table.stat(i, m)
+                row[f"{m}_mean"], row[f"{m}_std"] = _round(mean), _round(std)
+            for r in table.headline_radii:
+                mean, std = table.stat(i, robust_column(r))
+                row[f"robust_accuracy_{radius_key(r)}_mean"] = _round(mean)
+                row[f"robust_accuracy_{radius_key(r)}_std"] = _round(std)
+            row["attacks"] = list(g.attacks)
+            row["data_subset"] = g.data_subset
+            row["n_train"] = g.records[0].data_info.get("n_train")
+            row["n_test"] = g.records[0].data_info.get("n_test")
+            row["n_eval"] = g.records[0].n_eval
+            out.append(row)
+    return out
+
+
+def render_json(board: Leaderboard) -> str:
+    """``{"tasks": [{"task", "headline_radii", "rows": [...]}]}`` with numbers rounded."""
+    all_rows = rows(board)
+    obj = {"tasks": [{"task": t.task, "headline_radii": list(t.headline_radii),
+                      "rows": [r for r in all_rows if r["task"] == t.task]} for t in board.tables]}
+    return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_csv(board: Leaderboard) -> str:
+    """One CSV of all tasks (a ``task`` column), numeric mean and std columns, ``;``-joined lists."""
+    all_rows = rows(board)
+    for r in all_rows:
+        r["seeds"] = ";".join(map(str, r["seeds"]))
+        r["attacks"] = ";".join(r["attacks"])
+    columns: list[str] = []
+    for r in all_rows:
+        columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    pd.DataFrame(all_rows, columns=columns).to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue()
+
+
+def render(board: Leaderboard, *, fmt: str = "markdown") -> str:
+    """The leaderboard as text in one of :data:`FORMATS` (markdown without figures)."""
+    if fmt == "markdown":
+        return render_markdown(board)
+    if fmt == "csv":
+        return render_csv(board)
+    if fmt == "json":
+        return render_json(board)
+    raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def publish(board: Leaderboard, out_dir: Path, *, formats: Sequence[str] = FORMATS,
+            figures: bool = True) -> list[Path]:
+    """Write the leaderboard into ``out_dir``: ``README.md`` (markdown, embedding the figures),
+    ``leaderboard.csv``, ``leaderboard.json`` (as chosen by ``formats``) and, with ``figures``,
+    ``figures/*.png|svg`` (stale ``.png``/``.svg`` files there are removed). Returns the written
+    paths, sorted."""
+    from fabench import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    links: dict[str, list[tuple[str, str]]] = {}
+    if figures:
+        fig_dir = out_dir / FIGURES_DIR
+        made = plots.publish_figures(board, fig_dir)
+        keep = {p for paths in made.values() for _, p in paths}
+        for stale in sorted(fig_dir.glob("*")):
+            if stale.suffix in (".png", ".svg") and stale not in keep:
+                stale.unlink()
+        for where, items in made.items():
+            links[where] = [(alt, p.relative_to(out_dir).as_posix()) for alt, p in items if p.suffix == ".svg"]
+        written += sorted(keep)
+    for fmt in formats:
+        text = render_markdown(board, figures=links) if fmt == "markdown" else render(board, fmt=fmt)
+        path = out_dir / TABLE_FILES[fmt]
+        write_atomic(path, text)
+        written.append(path)
+    return sorted(written)
