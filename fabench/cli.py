@@ -185,7 +185,13 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
 def add_publish_commands(sub: Any) -> None:
     """The ``leaderboard`` and ``plot`` subcommands."""
-    lb = sub.add_parser("leaderboard", help="tables (and figures) of all result records")
+    lb = sub.add_parser(
+        "leaderboard", help="tables (and figures) of all result records",
+        description="One table per task, one row per recipe configuration (records that share their "
+                    "configuration except the seed): clean accuracy, worst-case robust accuracy at the "
+                    "task's headline L2 radii, median minimal distance, feature-averaging score, as mean "
+                    "± std over seeds. With --out: README.md (embedding the figures), leaderboard.csv, "
+                    "leaderboard.json and figures/; the same records always give the same bytes.")
     lb.add_argument("--results", help="directory of result records (default: $FABENCH_RESULTS or "
                                       "~/.local/share/fabench/results)")
     lb.add_argument("--out", help="write the tables and figures here (e.g. leaderboard/); default: print")
@@ -194,7 +200,11 @@ def add_publish_commands(sub: Any) -> None:
     lb.add_argument("--no-figures", action="store_true", help="with --out: tables only")
     lb.set_defaults(func=cmd_leaderboard)
 
-    pl = sub.add_parser("plot", help="robustness curves and cosine heatmaps of all result records")
+    pl = sub.add_parser(
+        "plot", help="robustness curves and cosine heatmaps of all result records",
+        description="Robust accuracy against L2 radius (one panel per task, one line per recipe, mean and "
+                    "± std band over seeds) and one cosine-similarity heatmap (units x features) per "
+                    "recipe configuration, as PNG and SVG.")
     pl.add_argument("--results", help="directory of result records (default: $FABENCH_RESULTS or "
                                       "~/.local/share/fabench/results)")
     pl.add_argument("--out", help="where to write PNG and SVG figures (default: <results>/figures)")
