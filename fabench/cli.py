@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     if not args.quiet or not args.json:
         human.write(format_record(rec, reused=reused, path=path) + "\n")
     if args.json:
-        out.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
+        out.write(json.dumps(rec.to_json()) + "\n")
     return 0
 
 

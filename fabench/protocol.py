@@ -102,7 +102,7 @@ def run_protocol(
     idx = select_points(len(data.x_test), n_eval, seed)
     x, y = data.x_test[idx], data.y_test[idx]
     model.eval()
-    clean_correct = model.predict(x) == y
+    clean_correct = model.correct(x, y)
     n, timings = len(x), {}
     outcomes: dict[str, AttackOutcome] = {}
     for spec in attacks:

@@ -132,7 +132,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_record(record: Record, out_dir: Path) -> Path:
     path = record_path(out_dir, record.task, record.recipe, record.seed, record.key)
-    write_atomic(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(record.to_json(), indent=1) + "\n")
     return path
 
 

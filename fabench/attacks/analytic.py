@@ -55,8 +55,7 @@ def line_search(
         return (x + t.reshape(shape) * directions).clamp(*bounds)
 
     def broken(t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return (model.margin(point(t)) > 0).long() != y
+        return ~model.correct(point(t), y)
 
     lo = torch.zeros(n)
     hi = torch.full((n,), float("inf"))

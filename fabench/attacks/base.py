@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from fabench.types import AttackOutcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fabench.models import Classifier
 
 #: Relative slack when comparing a found distance with a radius (float32 round-off).
 RADIUS_RTOL = 1e-5
@@ -24,7 +27,6 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_adv - x).flatten(1).norm(dim=1)
 
 
-def is_adversarial(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """True where the binary decision on ``x_adv`` differs from the label ``y`` (class index)."""
-    with torch.no_grad():
-        return model(x_adv).argmax(dim=1) != y
+def is_adversarial(model: "Classifier", x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True where ``x_adv`` is not classified correctly (see :meth:`Classifier.correct`)."""
+    return ~model.correct(x_adv, y)

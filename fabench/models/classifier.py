@@ -49,6 +49,17 @@ class Classifier(nn.Module):
         return torch.stack([-g / 2, g / 2], dim=1)
 
     @torch.no_grad()
+    def correct(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+        """True where the binary decision is right: ``y_sign * g(x) > 0`` (strict).
+
+        A point on the decision boundary (``g = 0``, e.g. where every unit of ``f_robust`` is off)
+        is not classified correctly for either label: robustness claims need a strict decision.
+        """
+        out = [self.margin(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        g = torch.cat(out) if out else torch.zeros(0)
+        return (y.float() * 2 - 1) * g > 0
+
+    @torch.no_grad()
     def predict(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
         """Binary class index (1 = ``J+``) for every row of ``x``."""
         out = [self.margin(x[i : i + batch_size]) > 0 for i in range(0, len(x), batch_size)]

@@ -1,0 +1,108 @@
+"""Attacks against handcrafted networks whose minimal adversarial distances are known exactly.
+
+With noiseless data (sigma = 0, x = mu_j) and a network whose neurons are the class-average
+features, ``f(x) = ReLU(<S+, x>) - ReLU(<S-, x>)`` with ``S+- = sum_{J+-} mu_j``, the decision flips
+iff ``<S+ - S-, rho> <= -d``, so the minimal L2 distance is exactly ``d / ||S+ - S-|| = sqrt(d/k)``.
+For one unit per centre (the decoupled net) the pairwise direction flips at exactly ``sqrt(d/2)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fabench import registry
+from fabench.models import BinaryHead, Classifier, RobustHead
+
+D, K = 400, 10
+
+
+@pytest.fixture(scope="module")
+def clean_data():
+    task = registry.tasks.get("synthetic")
+    return task.load({**task.meta.params, "d": D, "n_train": 50, "n_test": 60, "sigma": 0.0}, seed=1)
+
+
+def averaging_net(data) -> Classifier:
+    head = BinaryHead(D, 1, init_std=0.0, bias=False)
+    pos = data.positive_mask
+    with torch.no_grad():
+        head.weight[0, 0] = data.features[pos].sum(0) / D
+        head.weight[1, 0] = data.features[~pos].sum(0) / D
+    return Classifier(head)
+
+
+def decoupled_net(data) -> Classifier:
+    """f_robust with threshold sqrt(d)/2 (own activation sqrt(d)/2, the others off).
+
+    Switching the own unit off takes sqrt(d)/2 and leaves g = 0, which counts as an error for
+    either label (the decision is strict); the pairwise direction unit(mu_j' - mu_j) reaches the
+    boundary at sqrt(2) * sqrt(d)/2 = sqrt(d/2).
+    """
+    return Classifier(RobustHead(data.features, data.positive_mask, torch.full((K,), math.sqrt(D) / 2)))
+
+
+def run(name: str, model, data, radii, **over):
+    attack = registry.attacks.get(name)
+    params = {**attack.meta.params, **over}
+    return attack.run(model, data.x_test, data.y_test, radii, data=data, params=params, seed=0)
+
+
+def test_analytic_finds_the_exact_minimal_distance(clean_data) -> None:
+    model = averaging_net(clean_data)
+    r = math.sqrt(D / K)
+    out = run("analytic", model, clean_data, [0.5 * r, 0.99 * r, 1.01 * r, 2 * r])
+    assert torch.allclose(out.distances, torch.full((60,), r), rtol=1e-3)
+    assert out.broken.float().mean(1).tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["pgd", "deepfool", "pairwise"])
+def test_no_attack_reports_a_distance_below_the_true_minimum(clean_data, name: str) -> None:
+    model = averaging_net(clean_data)
+    r = math.sqrt(D / K)
+    out = run(name, model, clean_data, [0.9 * r, 1.5 * r, 3 * r])
+    assert float(out.distances.min()) >= r * (1 - 1e-4)
+    assert not out.broken[0].any()
+    # every reported adversarial example really flips the decision: re-check via distances
+    assert torch.equal(out.broken[-1], out.distances <= 3 * r * (1 + 1e-5))
+
+
+def test_pgd_breaks_the_averaging_net_above_sqrt_2d_over_k(clean_data) -> None:
+    # At x the other class's neuron is inactive (zero gradient), so PGD's gradient only sees the
+    # own-class neuron and needs sqrt(2d/k) to switch it off (g = 0 is an error), unless its
+    # random start activates the other neuron: this is why the protocol runs the analytic attack.
+    model = averaging_net(clean_data)
+    r = math.sqrt(D / K)
+    out = run("pgd", model, clean_data, [0.95 * r, 1.5 * r], steps=100)
+    assert out.broken[0].sum() == 0
+    assert out.broken[1].float().mean() > 0.95
+
+
+def test_pairwise_finds_sqrt_d_over_2_on_the_decoupled_net(clean_data) -> None:
+    model = decoupled_net(clean_data)
+    out = run("pairwise", model, clean_data, [math.sqrt(D / 2)])
+    assert torch.allclose(out.distances, torch.full((60,), math.sqrt(D / 2)), rtol=1e-3)
+    # the averaged-feature direction is far weaker against it
+    far = run("analytic", model, clean_data, [math.sqrt(D / 2)])
+    assert float(far.distances.min()) > 1.5 * math.sqrt(D / K)
+
+
+def test_deepfool_distances_are_minimal_on_the_decoupled_net(clean_data) -> None:
+    model = decoupled_net(clean_data)
+    out = run("deepfool", model, clean_data, [math.sqrt(D / 2)])
+    assert float(out.distances.min()) >= math.sqrt(D) / 2 * (1 - 1e-3)
+    assert float(out.distances.median()) <= math.sqrt(D) / 2 * 1.05  # it finds the minimum
+
+
+def test_line_search_respects_input_bounds(clean_data) -> None:
+    from fabench.attacks.analytic import line_search
+
+    model = averaging_net(clean_data)
+    x, y = clean_data.x_test[:5], clean_data.y_test[:5]
+    u = torch.randn(5, D)
+    u = u / u.norm(dim=1, keepdim=True)
+    dist = line_search(model, x, y, u, bounds=(-0.1, 0.1), t_max=50.0)
+    # clipping x to [-0.1, 0.1] moves it far, so either it flips at some distance or never
+    assert torch.all((dist > 0) | torch.isinf(dist))

@@ -1,0 +1,119 @@
+"""The command line: a full small evaluation, JSON output, reuse, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fabench.cli import main
+
+SMALL = ["--task", "synthetic", "--set", "d=200", "--set", "n_train=200", "--set", "n_test=40",
+         "--epsilons", "0,2,4,8,16", "--quiet"]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    out = io.StringIO()
+    code = main(argv, out=out)
+    err = capsys.readouterr().err
+    return code, out.getvalue(), err
+
+
+def files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file()) if d.exists() else []
+
+
+def test_list_shows_builtins(capsys) -> None:
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    for name in ("synthetic", "binary", "fine", "robust", "analytic", "pairwise", "pgd", "deepfool"):
+        assert name in out
+    code, out, _ = run(["list", "attacks", "p*"], capsys)
+    assert "pgd" in out and "deepfool" not in out
+
+
+def test_evaluate_json_record_and_reuse(tmp_path: Path, capsys) -> None:
+    argv = [a for a in SMALL if a != "--quiet"] + ["--recipe", "fine", "--out", str(tmp_path), "--json"]
+    code, out, err = run(["evaluate"] + argv, capsys)
+    assert code == 0
+    rec = json.loads(out)  # exactly one JSON object on stdout
+    assert out.count("\n") == 1
+    for key in ("task", "recipe", "seed", "config", "clean_accuracy", "robust_accuracy", "median_min_distance",
+                "fa_score", "cosine_matrix", "timings", "versions"):
+        assert key in rec
+    assert rec["config"]["task_params"]["d"] == 200 and rec["config"]["recipe_params"]["steps"] == 100
+    assert set(rec["robust_accuracy"]) == {"analytic", "pairwise", "pgd", "deepfool", "worst"}
+    worst = rec["robust_accuracy"]["worst"]
+    assert list(worst) == ["0", "2", "4", "8", "16"]
+    for a in ("analytic", "pairwise", "pgd", "deepfool"):
+        assert all(worst[r] <= rec["robust_accuracy"][a][r] for r in worst)
+    assert rec["clean_accuracy"] == 1.0 and rec["fa_score"] < 0.1
+    assert "robust accuracy" in err  # the human table went to stderr
+    [path] = files(tmp_path)
+    stamp = path.stat().st_mtime_ns
+    code, out2, err2 = run(["evaluate"] + argv, capsys)
+    assert code == 0 and "reused" in err2 and path.stat().st_mtime_ns == stamp
+    assert json.loads(out2)["key"] == rec["key"]
+    code, _, err3 = run(["evaluate"] + argv + ["--force"], capsys)
+    assert code == 0 and "reused" not in err3 and path.stat().st_mtime_ns != stamp
+
+
+def test_human_output_is_a_table(tmp_path: Path, capsys) -> None:
+    code, out, _ = run(["evaluate"] + SMALL + ["--recipe", "binary", "--out", str(tmp_path),
+                                               "--attacks", "analytic"], capsys)
+    assert code == 0
+    assert "clean accuracy 1.000" in out and "| radius" in out and "feature-averaging score" in out
+    assert "cosine matrix" in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--task", "synthetc", "--recipe", "binary"], "did you mean 'synthetic'"),
+        (["--task", "synthetic", "--recipe", "finee"], "unknown recipe"),
+        (["--task", "synthetic", "--recipe", "fine", "--attacks", "pgd,cw"], "unknown attack 'cw'"),
+        (["--task", "synthetic", "--recipe", "fine", "--set", "d"], "malformed --set"),
+        (["--task", "synthetic", "--recipe", "fine", "--set", "d=big"], "expected int"),
+        (["--task", "synthetic", "--recipe", "fine", "--set", "width=3"], "no task or recipe parameter"),
+        (["--task", "synthetic", "--recipe", "fine", "--epsilons", "0,-1"], "non-negative"),
+        (["--task", "synthetic", "--recipe", "fine", "--epsilons", "0,abc"], "expected numbers"),
+        (["--task", "synthetic", "--recipe", "fine", "--n-eval", "-3"], "--n-eval"),
+        (["--task", "nowhere.toml", "--recipe", "fine"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_record(tmp_path: Path, capsys, argv: list[str], needle: str) -> None:
+    code, out, err = run(["evaluate", *argv, "--out", str(tmp_path / "res"), "--quiet"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fabench: error:") and needle in lines[0], err
+    assert "Traceback" not in err and out == ""
+    assert files(tmp_path / "res") == []
+
+
+def test_unwritable_out_is_one_line(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(["evaluate"] + SMALL + ["--recipe", "fine", "--out", str(blocker / "res")], capsys)
+    assert code == 2 and err.strip().startswith("fabench: error: cannot write results")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_task_file_path_and_console_entry(tmp_path: Path) -> None:
+    task = tmp_path / "tiny.toml"
+    task.write_text(
+        'name = "tiny"\nkind = "synthetic"\n[params]\nk = 4\nd = 64\nn_train = 80\nn_test = 20\n'
+        "[radii]\nstart = 0.0\nstop = 8.0\nstep = 4.0\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "fabench.cli", "evaluate", "--task", str(task), "--recipe", "robust",
+         "--attacks", "analytic,pairwise", "--out", str(tmp_path / "res"), "--json", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["task"] == "tiny" and rec["config"]["task_params"]["k"] == 4
+    assert list(rec["robust_accuracy"]["worst"]) == ["0", "4", "8"]

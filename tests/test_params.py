@@ -1,0 +1,49 @@
+"""Parameter parsing and routing of --set overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from fabench.errors import ConfigError, UnknownNameError
+from fabench.evaluate import route_overrides
+from fabench.params import parse_assignments, parse_value, resolve
+
+
+@pytest.mark.parametrize(
+    "text,default,expected",
+    [("12", 5, 12), ("0.5", 1.0, 0.5), ("1e-3", 1.0, 1e-3), ("true", False, True), ("off", True, False),
+     ("adam", "gd", "adam"), ("1,3", (), (1, 3)), ("0.1, 0.2", (0.0,), (0.1, 0.2))],
+)
+def test_parse_value_to_the_default_type(text, default, expected) -> None:
+    assert parse_value(text, default) == expected
+
+
+@pytest.mark.parametrize("text,default", [("x", 5), ("1.5", 5), ("nan", 1.0), ("maybe", True), ("a,b", (0,))])
+def test_parse_value_rejects(text, default) -> None:
+    with pytest.raises(ConfigError):
+        parse_value(text, default)
+
+
+def test_resolve_unknown_key_suggests() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'steps'"):
+        resolve({"steps": 1, "lr": 0.1}, {"step": 3}, owner="recipe binary")
+    assert resolve({"lr": 0.1}, {"lr": 1}, owner="r") == {"lr": 1.0}
+
+
+def test_malformed_assignments() -> None:
+    for bad in ["d", "=3", "d=", " =1"]:
+        with pytest.raises(ConfigError):
+            parse_assignments([bad])
+    assert parse_assignments(["d=3", "pgd.steps=10"]) == [("d", "3"), ("pgd.steps", "10")]
+
+
+def test_route_overrides_by_scope_and_ambiguity() -> None:
+    t, r, a = route_overrides([("d", "64"), ("lr", "0.1"), ("pgd.steps", "7"), ("task.k", "4")],
+                              {"d": 1, "k": 10}, {"lr": 0.001}, {"pgd": {"steps": 50}})
+    assert t == {"d": 64, "k": 4} and r == {"lr": 0.1} and a == {"pgd": {"steps": 7}}
+    with pytest.raises(ConfigError, match="task.x or recipe.x"):
+        route_overrides([("x", "1")], {"x": 1}, {"x": 2}, {})
+    with pytest.raises(UnknownNameError):
+        route_overrides([("deepfool.steps", "3")], {}, {}, {"pgd": {"steps": 1}})
+    with pytest.raises(UnknownNameError):
+        route_overrides([("nope", "3")], {"d": 1}, {"lr": 1.0}, {})

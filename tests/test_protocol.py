@@ -1,0 +1,68 @@
+"""The protocol: worst case, clean errors, monotone curves, seeded point selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fabench import registry
+from fabench.errors import ConfigError
+from fabench.models import Classifier, RobustHead
+from fabench.protocol import AttackSpec, check_radii, run_protocol, select_points
+
+
+@pytest.fixture(scope="module")
+def data():
+    task = registry.tasks.get("synthetic")
+    return task.load({**task.meta.params, "d": 200, "n_train": 50, "n_test": 100, "sigma": 0.3}, seed=2)
+
+
+def specs(*names: str) -> list[AttackSpec]:
+    return [AttackSpec(n, registry.attacks.get(n), dict(registry.attacks.get(n).meta.params)) for n in names]
+
+
+def test_clean_errors_count_as_broken_at_every_radius(data) -> None:
+    wrong_mask = data.positive_mask.clone()
+    wrong_mask[0] = ~wrong_mask[0]  # cluster 0 gets the wrong sign: its points are misclassified
+    model = Classifier(RobustHead(data.features, wrong_mask, torch.full((10,), 5.0)))
+    res = run_protocol(model, data, specs("analytic", "deepfool"), radii=[0, 1, 2], seed=0)
+    frac0 = float((data.fine_test == 0).float().mean())
+    assert res.clean_accuracy == pytest.approx(1 - frac0)
+    for a in ("analytic", "deepfool", "worst"):
+        assert res.robust_accuracy(a)[0.0] == pytest.approx(1 - frac0)
+    assert torch.all(res.min_distance[data.fine_test == 0] == 0)
+
+
+def test_worst_case_is_per_point_union(data) -> None:
+    # f_robust: pairwise flips at sqrt(d/2) = 10, the averaged-feature direction needs ~22
+    model = Classifier(RobustHead(data.features, data.positive_mask, torch.full((10,), math.sqrt(200) / 2)))
+    r = math.sqrt(200 / 2)
+    res = run_protocol(model, data, specs("analytic", "pairwise", "pgd"), radii=[0, 0.5 * r, 1.2 * r, 3 * r],
+                       seed=0, batch_size=37)
+    union = torch.zeros_like(res.worst_broken)
+    for o in res.outcomes.values():
+        union |= o.broken
+    assert torch.equal(res.worst_broken, union)
+    for a in res.outcomes:
+        assert all(res.robust_accuracy("worst")[r_] <= v for r_, v in res.robust_accuracy(a).items())
+    assert res.robust_accuracy("worst")[1.2 * r] < 0.5 < res.robust_accuracy("analytic")[1.2 * r]
+    assert res.robust_accuracy("worst")[3 * r] == 0.0
+
+
+def test_point_selection_is_seeded_subset() -> None:
+    a, b, c = select_points(1000, 100, 5), select_points(1000, 100, 5), select_points(1000, 100, 6)
+    assert torch.equal(a, b) and not torch.equal(a, c) and len(a) == 100 and len(set(a.tolist())) == 100
+    assert torch.equal(select_points(50, 0, 1), torch.arange(50))
+    assert torch.equal(select_points(50, 80, 1), torch.arange(50))
+
+
+@pytest.mark.parametrize("bad", [[-1.0], [float("nan")], [float("inf")], []])
+def test_bad_radii_are_config_errors(bad) -> None:
+    with pytest.raises(ConfigError):
+        check_radii(bad)
+
+
+def test_radii_sorted_and_deduplicated() -> None:
+    assert check_radii([3, 1, 1, 0]) == (0.0, 1.0, 3.0)
