@@ -64,7 +64,8 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
         f"{_fmt(rec.median_min_distance, 2)} · feature-averaging score {_fmt(rec.fa_score)}"
     )
     cols = rec.attacks + ["worst"]
-    rows = [[r] + [rec.robust_accuracy[a].get(radius_key(r)) for a in cols] for r in rec.radii]
+    rows: list[list[Any]] = [[f"{r:g}"] + [rec.robust_accuracy[a].get(radius_key(r)) for a in cols]
+                             for r in rec.radii]
     rows.append(["median dist"] + [rec.median_distance.get(a) for a in cols])
     lines.append("robust accuracy (L2; worst = per-point worst case over all attacks):")
     lines.append(tabulate(rows, headers=["radius"] + cols, floatfmt=".3f", tablefmt="github"))

@@ -18,8 +18,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "im
   exit 0
 fi
 echo "fabench install: installing pinned dependencies (torch from local disk; about 2 minutes)" >&2
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 \
-  | grep -v "^WARNING: Location 'file:" >&2 || true
-.venv/bin/python -c "import fabench, torch, foolbox" 
+log=".venv/install.log"
+if ! .venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e '.[test]' >"$log" 2>&1; then
+  grep -v "^WARNING: Location 'file:" "$log" | tail -n 30 >&2
+  echo "fabench install: pip failed (full log: $root/$log)" >&2
+  exit 1
+fi
+.venv/bin/python -c "import fabench, torch, foolbox"
 echo "$want" > "$stamp"
 echo "fabench install: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))" >&2

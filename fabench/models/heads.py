@@ -76,6 +76,8 @@ class FineHead(Head):
     probabilities).
     """
 
+    positive: torch.Tensor
+
     def __init__(
         self, dim: int, k: int, h: int, positive: torch.Tensor, *, init_std: float = 1e-5,
         bias: bool = False, generator: torch.Generator | None = None,
@@ -93,16 +95,14 @@ class FineHead(Head):
 
     def margin(self, z: torch.Tensor) -> torch.Tensor:
         f = self.fine_logits(z)
-        pos: torch.Tensor = self.positive
-        return torch.logsumexp(f[:, pos], dim=1) - torch.logsumexp(f[:, ~pos], dim=1)
+        return torch.logsumexp(f[:, self.positive], dim=1) - torch.logsumexp(f[:, ~self.positive], dim=1)
 
     def unit_weights(self) -> torch.Tensor:
         """One unit per group: the group's mean weight vector."""
         return self.weight.detach().mean(dim=1)
 
     def unit_positive(self) -> torch.Tensor:
-        pos: torch.Tensor = self.positive
-        return pos.clone()
+        return self.positive.clone()
 
     def unit_labels(self) -> list[str]:
         return [f"group {j}" for j in range(self.k)]
@@ -115,6 +115,11 @@ class RobustHead(Head):
     ``u_j = mu_j / ||mu_j||`` and thresholds ``t_j``; ``c`` is an optional centre (zero for the
     synthetic task, whose features are already centred).
     """
+
+    directions: torch.Tensor
+    thresholds: torch.Tensor
+    positive: torch.Tensor
+    centre: torch.Tensor
 
     def __init__(
         self, features: torch.Tensor, positive: torch.Tensor, thresholds: torch.Tensor,
@@ -134,12 +139,10 @@ class RobustHead(Head):
         return a @ sign
 
     def unit_weights(self) -> torch.Tensor:
-        d: torch.Tensor = self.directions
-        return d.clone()
+        return self.directions.clone()
 
     def unit_positive(self) -> torch.Tensor:
-        pos: torch.Tensor = self.positive
-        return pos.clone()
+        return self.positive.clone()
 
     def unit_labels(self) -> list[str]:
         return [f"unit {j}" for j in range(self.directions.shape[0])]
