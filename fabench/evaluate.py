@@ -18,7 +18,8 @@ from fabench.errors import ConfigError, UnknownNameError
 from fabench.metrics import feature_report
 from fabench.protocol import AttackSpec, check_radii, run_protocol
 from fabench.records import (
-    SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, versions, write_record,
+    SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, record_path, versions,
+    write_record,
 )
 from fabench.taskfiles import load_task_file
 from fabench.types import FitContext, ProgressFn, Task, no_progress
@@ -157,8 +158,6 @@ def evaluate(
     if not force:
         found = find_record(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key)
         if found is not None:
-            from fabench.records import record_path
-
             return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -43,11 +43,14 @@ def unit_scores(cosines: torch.Tensor, unit_positive: torch.Tensor, positive_mas
     return out
 
 
+def _mean_aligned(scores: torch.Tensor) -> float:
+    aligned = scores[~torch.isnan(scores)]
+    return float(aligned.mean()) if len(aligned) else math.nan
+
+
 def fa_score(cosines: torch.Tensor, unit_positive: torch.Tensor, positive_mask: torch.Tensor) -> float:
     """The model's feature-averaging score: mean of :func:`unit_scores` over aligned units."""
-    s = unit_scores(cosines, unit_positive, positive_mask)
-    s = s[~torch.isnan(s)]
-    return float(s.mean()) if len(s) else math.nan
+    return _mean_aligned(unit_scores(cosines, unit_positive, positive_mask))
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,7 @@ class FeatureReport:
 
 def feature_report(weights: torch.Tensor, unit_positive: torch.Tensor, unit_labels: list[str],
                    features: torch.Tensor, positive_mask: torch.Tensor) -> FeatureReport:
+    """Cosine matrix, per-unit and model feature-averaging scores of a head's units."""
     cos = cosine_matrix(weights, features)
     scores = unit_scores(cos, unit_positive, positive_mask)
-    aligned = scores[~torch.isnan(scores)]
-    score = float(aligned.mean()) if len(aligned) else math.nan
-    return FeatureReport(cos, unit_labels, unit_positive, scores, score)
+    return FeatureReport(cos, unit_labels, unit_positive, scores, _mean_aligned(scores))
