@@ -51,35 +51,33 @@ def line_search(
     n = len(x)
     shape = (-1,) + (1,) * (x.dim() - 1)
 
-    def point(t: torch.Tensor) -> torch.Tensor:
-        return (x + t.reshape(shape) * directions).clamp(*bounds)
+    def point(idx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (x[idx] + t.reshape(shape) * directions[idx]).clamp(*bounds)
 
-    def broken(t: torch.Tensor) -> torch.Tensor:
-        return ~model.correct(point(t), y)
+    def broken(idx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return ~model.correct(point(idx, t), y[idx])
 
+    everyone = torch.arange(n)
     lo = torch.zeros(n)
     hi = torch.full((n,), float("inf"))
-    done = broken(torch.zeros(n))
-    hi[done] = 0.0
+    hi[broken(everyone, torch.zeros(n))] = 0.0
     for t in torch.linspace(0, t_max, scan_points + 1)[1:]:
-        todo = ~done
-        if not todo.any():
+        todo = torch.isinf(hi).nonzero().squeeze(1)  # only points not yet flipped are evaluated
+        if len(todo) == 0:
             break
-        b = broken(torch.full((n,), float(t))) & todo
-        hi[b] = float(t)
-        lo[todo & ~b] = float(t)
-        done |= b
-    hit = torch.isfinite(hi) & (hi > 0)
-    for _ in range(bisect_steps):
-        if not hit.any():
-            break
-        mid = torch.where(hit, (lo + hi) / 2, torch.zeros(n))
-        b = broken(mid)
-        hi = torch.where(hit & b, mid, hi)
-        lo = torch.where(hit & ~b, mid, lo)
-    ok = torch.isfinite(hi)
-    dist = (point(torch.where(ok, hi, torch.zeros(n))) - x).flatten(1).norm(dim=1)
-    return torch.where(ok, dist, torch.full((n,), float("inf")))
+        b = broken(todo, torch.full((len(todo),), float(t)))
+        hi[todo[b]] = float(t)
+        lo[todo[~b]] = float(t)
+    hit = (torch.isfinite(hi) & (hi > 0)).nonzero().squeeze(1)
+    for _ in range(bisect_steps if len(hit) else 0):
+        mid = (lo[hit] + hi[hit]) / 2
+        b = broken(hit, mid)
+        hi[hit[b]] = mid[b]
+        lo[hit[~b]] = mid[~b]
+    ok = torch.isfinite(hi).nonzero().squeeze(1)
+    dist = torch.full((n,), float("inf"))
+    dist[ok] = (point(ok, hi[ok]) - x[ok]).flatten(1).norm(dim=1)
+    return dist
 
 
 def _t_max(params: Params, radii: Sequence[float]) -> float:
