@@ -1,3 +1,3 @@
 """Data sources: each module defines one task kind (see :mod:`fabench.taskfiles`)."""
 
-from fabench.data import synthetic  # noqa: F401  (registers the kind)
+from fabench.data import cifar, mnist, synthetic  # noqa: F401  (register the kinds)

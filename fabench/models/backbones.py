@@ -2,18 +2,25 @@
 
 Backbones are registered by name in :data:`BACKBONES`; a name ``prefix:rest`` is dispatched to
 the builder registered for ``prefix:`` (e.g. ``robustbench:Standard``). A builder returns a frozen
-``nn.Module`` mapping inputs to penultimate features, or ``None`` for the identity.
+``nn.Module`` mapping inputs to penultimate features, or ``None`` for the identity; the module may
+carry a ``build_info`` dict (cache key, cache hit or miss, stage timings) for the record.
+
+Built in: ``pixels``; ``cnn`` (:func:`fabench.models.cnn.small_cnn`) and ``resnet18``
+(:func:`fabench.models.cnn.resnet18_cifar`), trained on the task's fine labels and cached
+(:mod:`fabench.models.trained`); ``robustbench:<name>``, a RobustBench zoo model
+(:mod:`fabench.models.zoo`). The heads on top are the paper's (Li, Pan, Lyu, Li, ICLR 2025).
 """
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from fabench.errors import UnknownNameError
+from fabench.errors import ConfigError, DataError, UnknownNameError
 from fabench.types import FitContext, Params, TaskData
 
 BackboneBuilder = Callable[[str, TaskData, Params, FitContext], "nn.Module | None"]
@@ -21,7 +28,23 @@ BackboneBuilder = Callable[[str, TaskData, Params, FitContext], "nn.Module | Non
 BACKBONES: dict[str, BackboneBuilder] = {}
 
 #: Parameters every head recipe accepts for its backbone (merged into the recipes' metadata).
-BACKBONE_PARAMS: dict[str, Any] = {"backbone": "pixels"}
+#: ``backbone_epochs``, ``_lr``, ``_batch_size``, ``_width``, ``_augment`` (none, crop, crop+flip)
+#: train ``cnn`` and ``resnet18`` (``backbone_width`` is the cnn's; ``backbone_pretrained``
+#: starts ``resnet18`` from torchvision's ImageNet weights when they are in torch's hub cache);
+#: ``backbone_threat_model`` picks the RobustBench leaderboard (L2, Linf, corruptions).
+BACKBONE_PARAMS: dict[str, Any] = {
+    "backbone": "pixels",
+    "backbone_epochs": 10,
+    "backbone_lr": 0.003,
+    "backbone_batch_size": 128,
+    "backbone_width": 16,
+    "backbone_augment": "none",
+    "backbone_pretrained": False,
+    "backbone_threat_model": "L2",
+}
+
+#: The parameters that determine a trained backbone (its cache key).
+TRAINED_BACKBONE_KEYS = ("backbone_epochs", "backbone_lr", "backbone_batch_size", "backbone_augment")
 
 
 def backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
@@ -37,6 +60,80 @@ def backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
 @backbone("pixels")
 def _pixels(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
     return None
+
+
+def _settings(params: Params, *extra: str) -> dict[str, Any]:
+    return {k: params.get(k, BACKBONE_PARAMS[k]) for k in (*TRAINED_BACKBONE_KEYS, *extra)}
+
+
+def _image_shape(name: str, data: TaskData) -> tuple[int, int, int]:
+    shape = data.input_shape
+    if len(shape) != 3:
+        raise ConfigError(f"backbone {name!r} needs image inputs (C x H x W); task {data.name!r} has shape {shape}")
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+@backbone("cnn")
+def _cnn(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
+    from fabench.models.cnn import channel_stats, small_cnn
+    from fabench.models.trained import cached_trained_backbone
+
+    shape = _image_shape(name, data)
+    if shape[1] < 8 or shape[2] < 8:
+        raise ConfigError(f"backbone 'cnn' needs images of at least 8 x 8 pixels, task {data.name!r} has {shape}")
+    width = int(params.get("backbone_width", BACKBONE_PARAMS["backbone_width"]))
+    if width < 1:
+        raise ConfigError(f"backbone_width must be >= 1, got {width}")
+    mean, std = channel_stats(data.x_train)
+    return cached_trained_backbone(
+        "cnn", lambda: small_cnn(shape, data.num_classes, width=width, mean=mean, std=std),
+        data, _settings(params, "backbone_width"), context,
+    )
+
+
+@backbone("resnet18")
+def _resnet18(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
+    from fabench.models.cnn import channel_stats, resnet18_cifar
+    from fabench.models.trained import cached_trained_backbone
+
+    shape = _image_shape(name, data)
+    pretrained = bool(params.get("backbone_pretrained", False))
+    state = imagenet_resnet18_state() if pretrained else None
+    mean, std = channel_stats(data.x_train)
+    return cached_trained_backbone(
+        "resnet18", lambda: resnet18_cifar(shape, data.num_classes, mean=mean, std=std, imagenet_state=state),
+        data, _settings(params, "backbone_pretrained"), context,
+    )
+
+
+def imagenet_resnet18_state() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet ResNet-18 weights from torch's hub cache (there is no download here)."""
+    from torchvision.models import ResNet18_Weights
+
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise DataError(f"backbone_pretrained needs torchvision's ImageNet ResNet-18 weights at {path} "
+                        f"(the network is needed to fetch them from {url}); place the file there or set "
+                        f"backbone_pretrained=false")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"cannot load {path} ({type(exc).__name__}); delete it and fetch it again") from None
+    return dict(state)
+
+
+@backbone("robustbench:")
+def _robustbench(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
+    from fabench.models.zoo import load_zoo_backbone
+
+    model_name = name.partition(":")[2]
+    if not model_name:
+        raise ConfigError("backbone 'robustbench:' needs a model name, e.g. robustbench:Standard")
+    return load_zoo_backbone(
+        model_name, threat_model=str(params.get("backbone_threat_model", "L2")),
+        cache_dir=context.cache_dir, input_shape=data.input_shape,
+    )
 
 
 def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn.Module | None:

@@ -54,4 +54,4 @@ class BinaryRecipe:
             batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
             stage="train binary",
         )
-        return Classifier(head, s.backbone, info={"final_loss": history[-1] if history else None})
+        return Classifier(head, s.backbone, info={"final_loss": history[-1] if history else None, **s.info})

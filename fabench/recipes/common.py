@@ -1,14 +1,25 @@
-"""What the head recipes share: the backbone, the head's training inputs, the seeded init."""
+"""What the head recipes share: the backbone, the head's training inputs, the seeded init.
+
+The heads of the paper (Li, Pan, Lyu, Li, ICLR 2025) are trained on fixed inputs: the pixels, or
+a frozen backbone's penultimate features. Those features are extracted once per backbone and
+training set and cached on disk (:mod:`fabench.cache`), keyed by the backbone's own cache key and
+a content fingerprint of the training images, so a second recipe neither retrains nor re-extracts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from fabench import cache
 from fabench.models.backbones import build_backbone, head_inputs
 from fabench.types import FitContext, Params, TaskData
+
+FEATURES_CODE_VERSION = 1
 
 
 @dataclass
@@ -16,14 +27,54 @@ class HeadSetup:
     backbone: nn.Module | None
     z_train: torch.Tensor
     generator: torch.Generator
+    info: dict[str, Any] = field(default_factory=dict)
+    """For ``Classifier.info``: ``timings`` (stage -> seconds) and ``backbone`` (its build info)."""
 
     @property
     def dim(self) -> int:
         return int(self.z_train.shape[1])
 
 
-def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSetup:
-    """Build the frozen backbone, compute the head's training inputs once, seed the init."""
-    backbone = build_backbone(data, params, context=context)
+def extract_features(
+    backbone: nn.Module | None, data: TaskData, *, context: FitContext, timings: dict[str, float],
+) -> tuple[torch.Tensor, str]:
+    """The head's training inputs ``backbone(x_train)``: from the cache, or extracted and cached.
+
+    Returns ``(z_train, how)`` with ``how`` one of ``pixels``, ``hit``, ``miss``, ``uncached``.
+    """
+    if backbone is None:
+        return head_inputs(None, data.x_train), "pixels"
+    build = dict(getattr(backbone, "build_info", {}))
+    t0 = time.perf_counter()
+    if "key" not in build:  # a plugin backbone without a cache key: always extract
+        z = head_inputs(backbone, data.x_train)
+        timings["extract features"] = time.perf_counter() - t0
+        return z, "uncached"
+    key = cache.hash_key({"what": "features", "version": FEATURES_CODE_VERSION, "backbone": build["key"],
+                          "x_train": cache.tensor_fingerprint(data.x_train)})
+    path = cache.entry_path(cache.cache_root(context.cache_dir), "features", key, label=str(build.get("name", "")))
+    entry = cache.load_entry(path)
+    cached = entry.get("z") if entry is not None else None
+    if isinstance(cached, torch.Tensor) and cached.shape[0] == len(data.x_train):
+        timings["load features"] = time.perf_counter() - t0
+        return cached, "hit"
+    context.progress("extract features", 0, 1)
     z = head_inputs(backbone, data.x_train)
-    return HeadSetup(backbone, z, torch.Generator().manual_seed(context.seed))
+    context.progress("extract features", 1, 1)
+    timings["extract features"] = time.perf_counter() - t0
+    cache.save_entry(path, {"z": z})
+    return z, "miss"
+
+
+def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSetup:
+    """Build the frozen backbone, get the head's training inputs once (cached), seed the init."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    backbone = build_backbone(data, params, context=context)
+    build = dict(getattr(backbone, "build_info", {})) if backbone is not None else {}
+    if backbone is not None:
+        timings.update(build.pop("timings", None) or {"backbone": time.perf_counter() - t0})
+    z, how = extract_features(backbone, data, context=context, timings=timings)
+    info: dict[str, Any] = {"timings": timings, "backbone": {"name": str(params.get("backbone", "pixels")),
+                                                             **build, "features_cache": how}}
+    return HeadSetup(backbone, z, torch.Generator().manual_seed(context.seed), info)

@@ -1,0 +1,100 @@
+"""The on-disk cache of trained backbones and extracted features.
+
+Entries are tensors dictionaries saved with ``torch.save`` under a key that hashes *everything*
+that determines them (task data fingerprint, seed, backbone parameters, a code version), so a
+second recipe on the same backbone and data reuses them instead of retraining or re-extracting.
+Writes are atomic (a temporary file in the same directory, then ``os.replace``) and entries are
+read back with ``torch.load(..., weights_only=True)``: no code runs on load, and an unreadable
+entry is treated as a miss and rewritten.
+
+The cache directory is, in order: ``FitContext.cache_dir`` (``--cache-dir``), ``$FABENCH_CACHE``,
+``${XDG_CACHE_HOME:-~/.cache}/fabench``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "FABENCH_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory (see the module docstring); not created here."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "fabench"
+
+
+def hash_key(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (keys sorted; tuples as lists)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_FINGERPRINTS: dict[tuple[int, int, tuple[int, ...]], str] = {}
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """A content hash (BLAKE2b) of a tensor's values, dtype and shape (memoised per storage)."""
+    t = t.detach().cpu().contiguous()
+    memo = (t.data_ptr(), t._version, tuple(t.shape))
+    if memo in _FINGERPRINTS:
+        return _FINGERPRINTS[memo]
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.numpy().tobytes())
+    out = h.hexdigest()
+    if len(_FINGERPRINTS) > 64:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[memo] = out
+    return out
+
+
+def entry_path(root: Path, kind: str, key: str, *, label: str = "") -> Path:
+    """``root/kind/label-key.pt`` (``label`` makes the directory readable, ``key`` makes it unique)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return root / kind / f"{safe + '-' if safe else ''}{key[:24]}.pt"
+
+
+def load_entry(path: Path) -> dict[str, Any] | None:
+    """The cached dictionary at ``path``, or ``None`` when absent or unreadable (a miss)."""
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt entry is a miss; it is rewritten atomically
+        log.warning("ignoring unreadable cache entry %s (%s)", path, type(exc).__name__)
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def save_entry(path: Path, obj: Mapping[str, Any]) -> bool:
+    """Write ``obj`` atomically; returns False (and logs) when the cache is not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(dict(obj), f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        log.warning("cannot write cache entry %s (%s); continuing without caching", path, exc.strerror)
+        return False
+    return True

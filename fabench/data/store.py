@@ -1,0 +1,151 @@
+"""Where real datasets live, how they are verified, and how subsets are drawn.
+
+The data directory is, in order: ``--data-dir`` (``data_dir`` of :meth:`fabench.types.Task.load`),
+the environment variable ``FABENCH_DATA``, or the per-user cache
+``${XDG_CACHE_HOME:-~/.cache}/fabench/data``; never the working directory. Loaders only *read*
+the data directory; the one thing they may write there is a download (to a temporary file, moved
+into place with ``os.replace`` once its md5 sum is verified), so an interrupted run never leaves a
+half-written file behind. ``FABENCH_OFFLINE=1`` forbids downloads.
+
+Everything here is shared by the real-image task kinds (:mod:`fabench.data.mnist`,
+:mod:`fabench.data.cifar`), whose features ``mu_j`` are the class-mean training inputs (Li, Pan,
+Lyu, Li, ICLR 2025, Section 6: real data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from fabench.errors import ConfigError, DataError
+
+DATA_ENV = "FABENCH_DATA"
+OFFLINE_ENV = "FABENCH_OFFLINE"
+
+
+def default_data_dir() -> Path:
+    """``$FABENCH_DATA``, else ``${XDG_CACHE_HOME:-~/.cache}/fabench/data``."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "fabench" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The data directory: the explicit one, else :func:`default_data_dir` (absolute)."""
+    return (Path(data_dir).expanduser() if data_dir else default_data_dir()).absolute()
+
+
+def offline() -> bool:
+    """True when ``FABENCH_OFFLINE`` forbids downloads."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def md5sum(path: Path, *, chunk: int = 1 << 20) -> str:
+    """The md5 hex digest of a file (the official CIFAR/MNIST checksums are md5)."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_verified(
+    urls: Sequence[str], dest: Path, md5: str, *, what: str, hint: str,
+) -> None:
+    """Download ``dest`` from the first URL that works, verify its md5, then move it into place.
+
+    The file is fetched into a temporary directory next to ``dest`` and only ``os.replace``-d
+    once its checksum matches, so a failed or interrupted download leaves nothing behind. Raises
+    :class:`DataError` (one line, naming ``dest`` and ``hint``) when offline or when every URL fails.
+    """
+    if offline():
+        raise DataError(f"{what}: {dest} is missing and downloads are disabled ({OFFLINE_ENV}=1); {hint}")
+    from torchvision.datasets.utils import download_url
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{what}: {dest} is missing and {dest.parent} is not writable ({exc.strerror}); {hint}") from None
+    errors = []
+    for url in urls:
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+        try:
+            download_url(url, str(tmp), filename=dest.name, md5=None)
+            got = tmp / dest.name
+            if md5sum(got) != md5:
+                errors.append(f"{url}: wrong md5")
+                continue
+            os.replace(got, dest)
+            return
+        except Exception as exc:  # network errors come in many types; each becomes one line
+            errors.append(f"{url}: {type(exc).__name__}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise DataError(
+        f"{what}: {dest} is missing and could not be downloaded (the network is needed: "
+        f"{'; '.join(errors)}); {hint}"
+    )
+
+
+def class_balanced_subset(labels: torch.Tensor, n: int, *, seed: int, num_classes: int) -> torch.Tensor:
+    """A seeded, class-balanced subset of ``n`` indices (sorted); all indices when ``n`` is 0.
+
+    Each class's indices are shuffled; the subset takes the first index of every class, then the
+    second, and so on (ties between classes broken at random), so class counts differ by at most
+    one unless a class runs out.
+    """
+    total = len(labels)
+    if n < 0:
+        raise ConfigError(f"subset size must be >= 0 (0 = all), got {n}")
+    if n == 0 or n >= total:
+        return torch.arange(total)
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.empty(total, dtype=torch.float64)
+    for j in range(num_classes):
+        idx = (labels == j).nonzero().squeeze(1)
+        rank[idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx), dtype=torch.float64)
+    rank += torch.rand(total, generator=g, dtype=torch.float64) * 0.5  # random tie-break within a round
+    return torch.argsort(rank)[:n].sort().values
+
+
+def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class-mean inputs ``mu_j`` (``k x C x H x W``): the input-space features of real data."""
+    flat = x.flatten(1).double()
+    sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64).index_add_(0, labels, flat)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).unsqueeze(1)
+    return (sums / counts).float().reshape(num_classes, *x.shape[1:])
+
+
+def positive_classes(params: Mapping[str, Any], num_classes: int, *, task: str) -> tuple[int, ...]:
+    """``J+`` from ``params['positive_classes']``: a proper, non-empty subset of ``0..k-1``."""
+    pos = tuple(sorted({int(j) for j in params["positive_classes"]}))
+    if not pos or len(pos) == num_classes or not all(0 <= j < num_classes for j in pos):
+        raise ConfigError(
+            f"{task}: positive_classes must be a proper non-empty subset of 0..{num_classes - 1}, got {pos}"
+        )
+    return pos
+
+
+def subset_sizes(params: Mapping[str, Any], *, task: str) -> tuple[int, int]:
+    n_train, n_test = int(params["n_train"]), int(params["n_test"])
+    if n_train < 0 or n_test < 0:
+        raise ConfigError(f"{task}: n_train and n_test must be >= 0 (0 = all), got {n_train}, {n_test}")
+    return n_train, n_test
+
+
+def guarded(what: str, path: Path, hint: str) -> Callable[[BaseException], DataError]:
+    """A factory of one-line :class:`DataError` for an unreadable ``path``."""
+
+    def make(exc: BaseException) -> DataError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+        return DataError(f"{what}: cannot read {path} ({reason}); {hint}")
+
+    return make

@@ -1,0 +1,38 @@
+"""Helpers for the real-image tests: copies of ../shared/data (never written to) and offline mode."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MNIST_RAW = SHARED_DATA / "MNIST" / "raw"
+CIFAR_SUBSET = SHARED_DATA / "cifar-10-subset" / "cifar-10-batches-py"
+
+
+def require(path: Path) -> None:
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (see ../shared/data/README.md)")
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` with the files made writable (the shared copy is read-only)."""
+    shutil.copytree(src, dst)
+    for p in dst.rglob("*"):
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    return dst
+
+
+def make_data_dir(root: Path, *, mnist: bool = True, cifar: bool = True) -> Path:
+    """A data directory in fabench's layout holding copies of the shared real data."""
+    root.mkdir(parents=True, exist_ok=True)
+    if mnist:
+        require(MNIST_RAW)
+        copy_tree(MNIST_RAW, root / "MNIST" / "raw")
+    if cifar:
+        require(CIFAR_SUBSET)
+        copy_tree(CIFAR_SUBSET, root / "cifar-10-batches-py")
+    return root
