@@ -119,7 +119,8 @@ def resolve(cfg: RunConfig) -> Resolved:
     attack_defaults = {e.name: dict(e.meta.params) for e in attack_entries}
     t_over, r_over, a_over = route_overrides(cfg.overrides, task.meta.params, recipe.meta.params, attack_defaults)
     task_params = P.resolve(task.meta.params, t_over, owner=f"task {task_name}")
-    task_recipe_defaults = dict(getattr(task, "recipe_defaults", {}).get(recipe_entry.name, {}))
+    defaults_for = getattr(task, "defaults_for", None)  # task files have them; plugin tasks may not
+    task_recipe_defaults = defaults_for(recipe_entry.name, recipe.meta.params) if defaults_for else {}
     recipe_params = P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}")
     specs = [AttackSpec(e.name, e.obj, P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}"))
              for e in attack_entries]

@@ -14,7 +14,9 @@ parameters, and gives the radius grid and the recipes' task-specific defaults::
     stop = 2.0
     step = 0.1
     headline = [0.4, 0.8, 1.2, 1.6, 2.0]
-    [recipe_defaults.binary]
+    [recipe_defaults."*"]      # every recipe that has these parameters
+    optimizer = "adam"
+    [recipe_defaults.binary]   # one recipe (wins over "*")
     m = 15
 
 A new split of existing data is a new file and no code. Files in ``tasks/`` (shipped as
@@ -84,6 +86,12 @@ class FileTask:
     headline_radii: tuple[float, ...]
     recipe_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     path: str = ""
+
+    def defaults_for(self, recipe: str, known: Mapping[str, Any]) -> dict[str, Any]:
+        """This task's defaults for ``recipe``: the ``"*"`` table (only the parameters the recipe
+        has, so plugin recipes inherit e.g. the backbone) overridden by the recipe's own table."""
+        shared = {k: v for k, v in self.recipe_defaults.get("*", {}).items() if k in known}
+        return {**shared, **self.recipe_defaults.get(recipe, {})}
 
     def load(
         self,
