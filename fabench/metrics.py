@@ -19,6 +19,18 @@ from dataclasses import dataclass
 import torch
 
 
+def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class means ``mu_j`` of ``x`` (rows or images; the result has ``x``'s trailing shape).
+
+    The features of real data: class-mean inputs for the analytic attacks, class-mean head inputs
+    for the cosine matrix and the score (the paper's definition for CIFAR-10).
+    """
+    flat = x.flatten(1).double()
+    sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64).index_add_(0, labels, flat)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).unsqueeze(1)
+    return (sums / counts).float().reshape(num_classes, *x.shape[1:])
+
+
 def cosine_matrix(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """``U x k`` cosines between the rows of ``weights`` and the rows of ``features``."""
     w = weights.double()

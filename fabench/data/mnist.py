@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fabench.data import store
+from fabench.metrics import class_means
 from fabench.errors import DataError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
@@ -141,7 +142,7 @@ class MNISTDigits:
             fine_test=j_te,
             positive_classes=pos,
             num_classes=10,
-            features=store.class_means(x_tr, j_tr, 10),
+            features=class_means(x_tr, j_tr, 10),
             bounds=(0.0, 1.0),
             radii=(),
             class_names=tuple(str(d) for d in range(10)),

@@ -116,14 +116,6 @@ def class_balanced_subset(labels: torch.Tensor, n: int, *, seed: int, num_classe
     return torch.argsort(rank)[:n].sort().values
 
 
-def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class-mean inputs ``mu_j`` (``k x C x H x W``): the input-space features of real data."""
-    flat = x.flatten(1).double()
-    sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64).index_add_(0, labels, flat)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).unsqueeze(1)
-    return (sums / counts).float().reshape(num_classes, *x.shape[1:])
-
-
 def positive_classes(params: Mapping[str, Any], num_classes: int, *, task: str) -> tuple[int, ...]:
     """``J+`` from ``params['positive_classes']``: a proper, non-empty subset of ``0..k-1``."""
     pos = tuple(sorted({int(j) for j in params["positive_classes"]}))

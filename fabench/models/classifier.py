@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fabench.metrics import class_means
 from fabench.models.heads import Head
 from fabench.types import TaskData
 
@@ -21,12 +22,14 @@ class Classifier(nn.Module):
     """
 
     def __init__(
-        self, head: Head, backbone: nn.Module | None = None, *, info: dict[str, Any] | None = None,
+        self, head: Head, backbone: nn.Module | None = None, *, features: torch.Tensor | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else nn.Flatten()
         self.head = head
         self.identity_backbone = backbone is None
+        self.feature_mu = features  # the head-space features, when the recipe already has them
         self.info: dict[str, Any] = dict(info or {})
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -67,6 +70,8 @@ class Classifier(nn.Module):
 
     def head_features(self, data: TaskData) -> torch.Tensor:
         """The features ``mu_j`` in the head's input space (``k x D``); see :func:`feature_means`."""
+        if self.feature_mu is not None:
+            return self.feature_mu
         return feature_means(self.backbone if not self.identity_backbone else None, data)
 
 
@@ -83,7 +88,4 @@ def feature_means(backbone: nn.Module | None, data: TaskData, *, batch_size: int
     feats = torch.cat(
         [backbone(data.x_train[i : i + batch_size]).flatten(1) for i in range(0, len(data.x_train), batch_size)]
     )
-    k = data.num_classes
-    sums = torch.zeros(k, feats.shape[1]).index_add_(0, data.fine_train, feats)
-    counts = torch.bincount(data.fine_train, minlength=k).clamp_min(1).unsqueeze(1)
-    return sums / counts
+    return class_means(feats, data.fine_train, data.num_classes)

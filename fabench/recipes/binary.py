@@ -54,4 +54,5 @@ class BinaryRecipe:
             batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
             stage="train binary",
         )
-        return Classifier(head, s.backbone, info={"final_loss": history[-1] if history else None, **s.info})
+        info = {"final_loss": history[-1] if history else None, **s.info}
+        return Classifier(head, s.backbone, features=s.feature_means(data), info=info)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fabench import cache
+from fabench.metrics import class_means
 from fabench.models.backbones import build_backbone, head_inputs
 from fabench.types import FitContext, Params, TaskData
 
@@ -33,6 +34,13 @@ class HeadSetup:
     @property
     def dim(self) -> int:
         return int(self.z_train.shape[1])
+
+    def feature_means(self, data: TaskData) -> torch.Tensor:
+        """The features ``mu_j`` as the head sees them: the task's own features when the head sees
+        the input, else the class means of the (cached) training features."""
+        if self.backbone is None:
+            return data.features.flatten(1).float()
+        return class_means(self.z_train, data.fine_train, data.num_classes)
 
 
 def extract_features(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from fabench import registry
 from fabench.errors import ConfigError
 from fabench.models import Classifier, RobustHead
@@ -35,12 +33,7 @@ class RobustRecipe:
         if not 0.0 <= frac < 1.0:
             raise ConfigError(f"robust.bias_fraction must be in [0, 1), got {frac}")
         s = setup_head(data, params, context=context)  # the backbone and its (cached) training features
-        if s.backbone is None:  # the head sees the input: the task's own features (true centres or class means)
-            mu = data.features.flatten(1).float()
-        else:  # class means of the backbone's training features (the paper's mu_j for real data)
-            k = data.num_classes
-            sums = torch.zeros(k, s.dim).index_add_(0, data.fine_train, s.z_train.float())
-            mu = sums / torch.bincount(data.fine_train, minlength=k).clamp_min(1).unsqueeze(1)
+        mu = s.feature_means(data)
         if params["centre"] == "mean":
             centre = mu.mean(dim=0)
         elif params["centre"] == "none":
@@ -48,4 +41,5 @@ class RobustRecipe:
         else:
             raise ConfigError(f"robust.centre must be 'none' or 'mean', got {params['centre']!r}")
         thresholds = frac * (mu - centre).norm(dim=1)
-        return Classifier(RobustHead(mu - centre, data.positive_mask, thresholds, centre), s.backbone, info=s.info)
+        head = RobustHead(mu - centre, data.positive_mask, thresholds, centre)
+        return Classifier(head, s.backbone, features=mu, info=s.info)
