@@ -16,6 +16,7 @@ from fabench import params as P
 from fabench import registry
 from fabench.errors import ConfigError, UnknownNameError
 from fabench.metrics import feature_report
+from fabench.models.backbones import effective_params
 from fabench.protocol import AttackSpec, check_radii, run_protocol
 from fabench.records import (
     SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, record_path, versions,
@@ -121,7 +122,9 @@ def resolve(cfg: RunConfig) -> Resolved:
     task_params = P.resolve(task.meta.params, t_over, owner=f"task {task_name}")
     defaults_for = getattr(task, "defaults_for", None)  # task files have them; plugin tasks may not
     task_recipe_defaults = defaults_for(recipe_entry.name, recipe.meta.params) if defaults_for else {}
-    recipe_params = P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}")
+    recipe_params = effective_params(
+        P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}")
+    )
     specs = [AttackSpec(e.name, e.obj, P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}"))
              for e in attack_entries]
     radii = check_radii(cfg.radii if cfg.radii is not None else getattr(task, "radii", ()) or (0.0,))

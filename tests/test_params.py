@@ -47,3 +47,19 @@ def test_route_overrides_by_scope_and_ambiguity() -> None:
         route_overrides([("deepfool.steps", "3")], {}, {}, {"pgd": {"steps": 1}})
     with pytest.raises(UnknownNameError):
         route_overrides([("nope", "3")], {"d": 1}, {"lr": 1.0}, {})
+
+
+def test_record_config_holds_only_the_backbone_parameters_that_matter() -> None:
+    from fabench.evaluate import RunConfig, resolve
+
+    pixels = resolve(RunConfig(task="synthetic", recipe="binary")).recipe_params
+    assert pixels["backbone"] == "pixels" and not any(k.startswith("backbone_") for k in pixels)
+    cnn = resolve(RunConfig(task="cifar5v5", recipe="fine")).recipe_params
+    assert cnn["backbone"] == "cnn" and cnn["backbone_width"] >= 1 and "backbone_epochs" in cnn
+    assert "backbone_threat_model" not in cnn and "backbone_pretrained" not in cnn
+    # an irrelevant setting does not change the key; a relevant one does
+    base = resolve(RunConfig(task="synthetic", recipe="fine")).key
+    assert resolve(RunConfig(task="synthetic", recipe="fine", overrides=[("backbone_width", "64")])).key == base
+    assert resolve(RunConfig(task="synthetic", recipe="fine", overrides=[("h", "2")])).key != base
+    with pytest.raises(UnknownNameError, match="unknown backbone"):
+        resolve(RunConfig(task="synthetic", recipe="fine", overrides=[("backbone", "vgg")]))

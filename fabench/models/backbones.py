@@ -26,6 +26,8 @@ from fabench.types import FitContext, Params, TaskData
 BackboneBuilder = Callable[[str, TaskData, Params, FitContext], "nn.Module | None"]
 
 BACKBONES: dict[str, BackboneBuilder] = {}
+#: The ``backbone_*`` parameters each registered backbone reads (the others do not enter results).
+BACKBONE_USES: dict[str, tuple[str, ...]] = {}
 
 #: Parameters every head recipe accepts for its backbone (merged into the recipes' metadata).
 #: ``backbone_epochs``, ``_lr``, ``_batch_size``, ``_width``, ``_augment`` (none, crop, crop+flip)
@@ -47,14 +49,41 @@ BACKBONE_PARAMS: dict[str, Any] = {
 TRAINED_BACKBONE_KEYS = ("backbone_epochs", "backbone_lr", "backbone_batch_size", "backbone_augment")
 
 
-def backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Decorator: register a backbone builder (``name`` ending in ``:`` for a prefix family)."""
+def backbone(name: str, *, uses: tuple[str, ...] = ()) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Decorator: register a backbone builder (``name`` ending in ``:`` for a prefix family) and the
+    ``backbone_*`` parameters it reads."""
 
     def add(fn: BackboneBuilder) -> BackboneBuilder:
         BACKBONES[name] = fn
+        BACKBONE_USES[name] = tuple(uses)
         return fn
 
     return add
+
+
+def _lookup(name: str) -> str:
+    """The registry key of a backbone name (``robustbench:X`` -> ``robustbench:``), or an error."""
+    prefix, sep, _ = name.partition(":")
+    key = prefix + sep if sep else name
+    if key not in BACKBONES:
+        known = sorted(BACKBONES)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(f"unknown backbone {name!r}{hint} Known backbones: {', '.join(known)}")
+    return key
+
+
+def effective_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the ``backbone_*`` parameters the chosen backbone does not read.
+
+    A record's configuration (and so its key) then holds only what determines the result: the
+    CNN's defaults, say, do not enter a pixel-space result. Unknown backbones are an error here,
+    before any work is done.
+    """
+    if "backbone" not in params:
+        return dict(params)
+    uses = BACKBONE_USES[_lookup(str(params["backbone"]))]
+    return {k: v for k, v in params.items() if not (k.startswith("backbone_") and k not in uses)}
 
 
 @backbone("pixels")
@@ -73,7 +102,7 @@ def _image_shape(name: str, data: TaskData) -> tuple[int, int, int]:
     return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
-@backbone("cnn")
+@backbone("cnn", uses=(*TRAINED_BACKBONE_KEYS, "backbone_width"))
 def _cnn(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
     from fabench.models.cnn import channel_stats, small_cnn
     from fabench.models.trained import cached_trained_backbone
@@ -91,7 +120,7 @@ def _cnn(name: str, data: TaskData, params: Params, context: FitContext) -> nn.M
     )
 
 
-@backbone("resnet18")
+@backbone("resnet18", uses=(*TRAINED_BACKBONE_KEYS, "backbone_pretrained"))
 def _resnet18(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
     from fabench.models.cnn import channel_stats, resnet18_cifar
     from fabench.models.trained import cached_trained_backbone
@@ -123,7 +152,7 @@ def imagenet_resnet18_state() -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-@backbone("robustbench:")
+@backbone("robustbench:", uses=("backbone_threat_model",))
 def _robustbench(name: str, data: TaskData, params: Params, context: FitContext) -> nn.Module | None:
     from fabench.models.zoo import load_zoo_backbone
 
@@ -139,14 +168,7 @@ def _robustbench(name: str, data: TaskData, params: Params, context: FitContext)
 def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn.Module | None:
     """Build (or load from cache) the backbone that ``params['backbone']`` names."""
     name = str(params.get("backbone", "pixels"))
-    prefix, sep, _ = name.partition(":")
-    builder = BACKBONES.get(prefix + sep) if sep else BACKBONES.get(name)
-    if builder is None:
-        known = sorted(BACKBONES)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(f"unknown backbone {name!r}{hint} Known backbones: {', '.join(known)}")
-    module = builder(name, data, params, context)
+    module = BACKBONES[_lookup(name)](name, data, params, context)
     if module is not None:
         module.eval()
         for p in module.parameters():
