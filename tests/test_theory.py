@@ -71,10 +71,12 @@ def test_fine_groups_decouple(runs) -> None:
     assert rep.score < 0.05
 
 
-def test_robust_is_one_unit_per_feature(runs) -> None:
+def test_robust_is_one_unit_per_feature(runs, radii_small) -> None:
     _, _, out = runs
     _, rep, res = out["robust"]
     assert res.clean_accuracy == 1.0
+    # f_robust reaches the decoupled radius sqrt(d/2) (bias 0.25 sqrt(d); see recipes/robust.py)
+    assert res.median_distance("worst") == pytest.approx(radii_small["decoupled"], rel=0.1)
     assert torch.allclose(torch.diagonal(rep.cosines), torch.ones(10), atol=1e-5)
     assert rep.score == pytest.approx(0.0, abs=1e-6)
 
