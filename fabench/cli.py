@@ -290,8 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """fabench's own warnings (a plugin that failed to load) as one line; others as usual."""
+    from fabench.registry import PluginWarning
+
+    text = str(message)
+    if issubclass(category, PluginWarning):
+        sys.stderr.write(f"fabench: warning: {text.removeprefix('fabench: ')}\n")
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    with warnings.catch_warnings():  # restored on return (main is also called in-process)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # foolbox's scipy import
+        warnings.showwarning = _show_warning
+        return _main(argv, out=out)
+
+
+def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
     stream = out if out is not None else sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)

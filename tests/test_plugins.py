@@ -134,6 +134,8 @@ def test_broken_plugin_warns_and_the_rest_load(site: Path) -> None:
     listed = fabench("list", "recipes")
     assert listed.returncode == 0 and "binary-adam" in listed.stdout
     assert "could not load recipe plugin 'broken'" in listed.stderr and "broken-plugin" in listed.stderr
+    warning = [ln for ln in listed.stderr.splitlines() if "'broken'" in ln]
+    assert len(warning) == 1 and warning[0].startswith("fabench: warning: could not load recipe plugin")
 
 
 def test_two_providers_of_one_name_is_an_error_unless_chosen(site: Path, tmp_path: Path) -> None:
