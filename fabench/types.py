@@ -13,7 +13,7 @@ This module is the one place a plugin author needs to read. Everything in it is 
 ``fabench.tasks``, ``fabench.recipes`` and ``fabench.attacks`` (``name = "module:object"``, where
 ``name`` equals ``object.meta.name`` and ``object`` is a class instantiable with no arguments or an
 instance). fabench records the providing distribution in ``Meta.source``; a plugin never prints and
-never registers itself on import. See ``docs/plugins.md`` and ``examples/fabench-example-plugin``.
+never registers itself on import. See the README's "Write a plugin" section and ``examples/fabench-example-plugin``.
 
 Notation follows Li, Pan, Lyu, Li, "Feature Averaging: An Implicit Bias of Gradient Descent
 Leading to Non-Robustness in Neural Networks" (ICLR 2025): ``k`` clusters (fine classes) with
