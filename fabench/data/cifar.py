@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from fabench.data import store
-from fabench.metrics import class_means
 from fabench.errors import DataError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
@@ -189,36 +188,16 @@ class CIFAR10Images:
         x_tr, j_tr = join("train")
         x_te, j_te = join("test")
         files_subset = any(p[2] for ps in parts.values() for p in ps)
-        n_tr_avail, n_te_avail = len(x_tr), len(x_te)
-        tr = store.class_balanced_subset(j_tr, n_train, seed=seed, num_classes=10)
-        te = store.class_balanced_subset(j_te, n_test, seed=seed + 1, num_classes=10)
-        x_tr, j_tr, x_te, j_te = x_tr[tr], j_tr[tr], x_te[te], j_te[te]
-        sampled = len(tr) < n_tr_avail or len(te) < n_te_avail
-        reasons = ([f"batches shorter than the official {OFFICIAL_BATCH_LEN} images "
-                    f"({n_tr_avail} train / {n_te_avail} test of 50000 / 10000)"] if files_subset else [])
-        reasons += ["seeded class-balanced sample (n_train/n_test)"] if sampled else []
-        return TaskData(
-            name=self.name,
-            x_train=x_tr,
-            fine_train=j_tr,
-            x_test=x_te,
-            fine_test=j_te,
-            positive_classes=pos,
-            num_classes=10,
-            features=class_means(x_tr, j_tr, 10),
-            bounds=(0.0, 1.0),
-            radii=(),
-            class_names=class_names,
+        reason = (f"batches shorter than the official {OFFICIAL_BATCH_LEN} images "
+                  f"({len(j_tr)} train / {len(j_te)} test of 50000 / 10000)") if files_subset else ""
+        return store.image_task_data(
+            self.name, (x_tr, j_tr), (x_te, j_te), n_train=n_train, n_test=n_test, seed=seed,
+            positive=pos, class_names=class_names, files_subset_reason=reason,
             info={
                 "source": "CIFAR-10 (python batches)",
                 "data_dir": str(folder),
                 "verified_md5": sorted(verified),
-                "data_subset": files_subset or sampled,
-                "subset_reason": "; ".join(reasons),
-                "n_train_available": n_tr_avail,
-                "n_test_available": n_te_avail,
                 "batch_sizes": {name: int(len(p[0])) for (_, name, _), p in
                                 zip(files, parts["train"] + parts["test"])},
-                "feature_source": "class-mean training images",
             },
         )

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from fabench.data import store
-from fabench.metrics import class_means
 from fabench.errors import DataError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
@@ -130,30 +129,12 @@ class MNISTDigits:
         progress("data", 1, 2)
         x_te, j_te = load_split(root, "t10k", verified=verified)
         progress("data", 2, 2)
-        tr = store.class_balanced_subset(j_tr, n_train, seed=seed, num_classes=10)
-        te = store.class_balanced_subset(j_te, n_test, seed=seed + 1, num_classes=10)
-        x_tr, j_tr, x_te, j_te = x_tr[tr], j_tr[tr], x_te[te], j_te[te]
-        sampled = len(tr) < EXPECTED["train"] or len(te) < EXPECTED["t10k"]
-        return TaskData(
-            name=self.name,
-            x_train=x_tr,
-            fine_train=j_tr,
-            x_test=x_te,
-            fine_test=j_te,
-            positive_classes=pos,
-            num_classes=10,
-            features=class_means(x_tr, j_tr, 10),
-            bounds=(0.0, 1.0),
-            radii=(),
-            class_names=tuple(str(d) for d in range(10)),
+        return store.image_task_data(
+            self.name, (x_tr, j_tr), (x_te, j_te), n_train=n_train, n_test=n_test, seed=seed,
+            positive=pos, class_names=tuple(str(d) for d in range(10)),
             info={
                 "source": "MNIST (official idx files)",
                 "data_dir": str(root / SUBDIR),
                 "verified_md5": sorted(verified),
-                "data_subset": sampled,
-                "subset_reason": "seeded class-balanced sample (n_train/n_test)" if sampled else "",
-                "n_train_available": EXPECTED["train"],
-                "n_test_available": EXPECTED["t10k"],
-                "feature_source": "class-mean training images",
             },
         )

@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from fabench.errors import ConfigError, DataError
+from fabench.metrics import class_means
+from fabench.types import TaskData
 
 DATA_ENV = "FABENCH_DATA"
 OFFLINE_ENV = "FABENCH_OFFLINE"
@@ -141,3 +143,53 @@ def guarded(what: str, path: Path, hint: str) -> Callable[[BaseException], DataE
         return DataError(f"{what}: cannot read {path} ({reason}); {hint}")
 
     return make
+
+
+def image_task_data(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    positive: tuple[int, ...],
+    class_names: tuple[str, ...],
+    info: Mapping[str, Any],
+    files_subset_reason: str = "",
+) -> TaskData:
+    """The :class:`TaskData` of a 10-class image dataset with pixels in ``[0, 1]``.
+
+    Takes seeded class-balanced subsets (``n_train``/``n_test``; 0 = all), uses the class-mean
+    training images as the features ``mu_j``, and records whether (and why) the data is a subset:
+    ``files_subset_reason`` when the files themselves are shorter than the official ones.
+    """
+    (x_tr, j_tr), (x_te, j_te) = train, test
+    n_tr_avail, n_te_avail = len(j_tr), len(j_te)
+    tr = class_balanced_subset(j_tr, n_train, seed=seed, num_classes=10)
+    te = class_balanced_subset(j_te, n_test, seed=seed + 1, num_classes=10)
+    x_tr, j_tr, x_te, j_te = x_tr[tr], j_tr[tr], x_te[te], j_te[te]
+    reasons = [files_subset_reason] if files_subset_reason else []
+    if len(tr) < n_tr_avail or len(te) < n_te_avail:
+        reasons.append("seeded class-balanced sample (n_train/n_test)")
+    return TaskData(
+        name=name,
+        x_train=x_tr,
+        fine_train=j_tr,
+        x_test=x_te,
+        fine_test=j_te,
+        positive_classes=positive,
+        num_classes=10,
+        features=class_means(x_tr, j_tr, 10),
+        bounds=(0.0, 1.0),
+        radii=(),
+        class_names=class_names,
+        info={
+            **info,
+            "data_subset": bool(reasons),
+            "subset_reason": "; ".join(reasons),
+            "n_train_available": n_tr_avail,
+            "n_test_available": n_te_avail,
+            "feature_source": "class-mean training images",
+        },
+    )
