@@ -184,7 +184,3 @@ def head_inputs(
     if module is None:
         return x.flatten(1)
     return torch.cat([module(x[i : i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)])
-
-
-def describe(params: Mapping[str, Any]) -> str:
-    return str(params.get("backbone", "pixels"))
