@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
-
 import pytest
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 # The theory checks run at d = 1500: large enough that the noise does not blur the radii
 # (sqrt(d/k) = 12.2, sqrt(d/2) = 27.4), small enough to train and attack in seconds.
