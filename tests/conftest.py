@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+
 import pytest
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
