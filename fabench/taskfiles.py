@@ -6,7 +6,7 @@ parameters, and gives the radius grid and the recipes' task-specific defaults::
     name = "mnist-parity"
     kind = "mnist"
     description = "MNIST, even digits vs odd digits"
-    reference = "Section 6 (real data)"
+    reference = "real-data experiments"
     [params]
     positive_classes = [0, 2, 4, 6, 8]
     [radii]

@@ -3,7 +3,7 @@
 The ten classes are the clusters ``j`` of Definition 2.1 (Li, Pan, Lyu, Li, ICLR 2025);
 ``positive_classes`` is ``J+`` (airplane, automobile, bird, cat, deer for ``cifar5v5``). Inputs
 are pixels in ``[0, 1]`` (``N x 3 x 32 x 32``); the input-space features ``mu_j`` are the
-class-mean training images (Section 6, real data, Figure 3).
+class-mean training images (the paper's real-data experiments, Figure 3).
 
 The loader reads the official python batches (``cifar-10-batches-py/data_batch_1..5``,
 ``test_batch``, ``batches.meta``) itself, with a restricted unpickler that only rebuilds numpy

@@ -3,7 +3,7 @@
 The ten digits are the clusters ``j`` of Definition 2.1 (Li, Pan, Lyu, Li, ICLR 2025);
 ``positive_classes`` is ``J+`` (digits 0-4 for ``mnist5v5``, the even digits for ``mnist-parity``).
 Inputs are pixels in ``[0, 1]`` (``N x 1 x 28 x 28``), so attack radii are L2 distances in pixel
-space; the input-space features ``mu_j`` are the class-mean training images (Section 6, real data).
+space; the input-space features ``mu_j`` are the class-mean training images (the paper's real-data experiments).
 
 Files are torchvision's layout, ``DATA/MNIST/raw/*-ubyte.gz``, and are verified against the md5
 sums that ``torchvision.datasets.MNIST`` checks. When a file is missing it is downloaded from

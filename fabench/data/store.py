@@ -9,7 +9,7 @@ half-written file behind. ``FABENCH_OFFLINE=1`` forbids downloads.
 
 Everything here is shared by the real-image task kinds (:mod:`fabench.data.mnist`,
 :mod:`fabench.data.cifar`), whose features ``mu_j`` are the class-mean training inputs (Li, Pan,
-Lyu, Li, ICLR 2025, Section 6: real data).
+Lyu, Li, ICLR 2025, real-data experiments).
 """
 
 from __future__ import annotations

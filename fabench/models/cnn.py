@@ -3,7 +3,7 @@
 Each is a :class:`FeatureNet`: input normalisation (inside the model, so inputs stay pixels in
 ``[0, 1]`` and attack radii are L2 distances in pixel space), a body that maps images to
 penultimate features, and a linear layer over the ``k`` fine classes used only while training.
-The paper's heads (Li, Pan, Lyu, Li, ICLR 2025, Section 6: real data) then sit on the frozen
+The paper's heads (Li, Pan, Lyu, Li, ICLR 2025, real-data experiments) then sit on the frozen
 penultimate features (:meth:`FeatureNet.extractor`).
 """
 

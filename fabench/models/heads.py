@@ -32,7 +32,7 @@ class Head(nn.Module):
 
 
 class BinaryHead(Head):
-    """``f(z) = 1/m sum_r ReLU(<w+_r, z> + b+_r) - 1/m sum_r ReLU(<w-_r, z> + b-_r)`` (Section 2).
+    """``f(z) = 1/m sum_r ReLU(<w+_r, z> + b+_r) - 1/m sum_r ReLU(<w-_r, z> + b-_r)``.
 
     The second layer is fixed to ``+-1/m``; the first layer is initialised i.i.d.
     ``N(0, init_std^2)`` for weights and biases, as in the paper's experiments.
@@ -67,7 +67,7 @@ class BinaryHead(Head):
 
 
 class FineHead(Head):
-    """The feature-decoupled head: ``k`` groups of ``h`` ReLU units (Section 5).
+    """The feature-decoupled head: ``k`` groups of ``h`` ReLU units (fine-grained supervision).
 
     ``f_j(z) = 1/h sum_r ReLU(<w_{j,r}, z> + b_{j,r})`` are the fine logits, trained with cross
     entropy on cluster labels; the binary margin is

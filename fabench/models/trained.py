@@ -1,6 +1,6 @@
 """Training a backbone on the task's fine labels, once: the result is cached on disk.
 
-The backbone (Li, Pan, Lyu, Li, ICLR 2025, Section 6: heads on learned features) is trained with
+The backbone (Li, Pan, Lyu, Li, ICLR 2025, real-data experiments: heads on learned features) is trained with
 AdamW and a cosine learning-rate schedule on cross entropy over the ``k`` fine classes, seeded.
 Its weights are cached under a key that hashes the architecture name, every backbone parameter,
 the seed, a content fingerprint of the training images and labels, and

@@ -3,7 +3,7 @@
 A zoo model (e.g. ``Standard``, or an L2 adversarially trained one such as
 ``Sehwag2021Proxy_R18``) maps CIFAR-10 images in ``[0, 1]`` to logits, with any normalisation
 inside. Its penultimate features, the input of its last linear layer, are what the paper's heads
-see (Li, Pan, Lyu, Li, ICLR 2025, Section 6), so a zoo backbone shows whether feature averaging in
+see (Li, Pan, Lyu, Li, ICLR 2025, real-data experiments), so a zoo backbone shows whether feature averaging in
 the head costs robustness on top of a (robust or standard) representation.
 
 Weights come from the network on first use (``robustbench.utils.load_model`` downloads them into

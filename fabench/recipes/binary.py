@@ -1,7 +1,7 @@
-"""Recipe ``binary``: the two-layer ReLU net trained on binary labels (Sections 2-4).
+"""Recipe ``binary``: the two-layer ReLU net trained on binary labels (the paper's model and main result).
 
 Full-batch gradient descent on the logistic loss ``mean log(1 + exp(-y f(x)))``, second layer
-fixed to ``+-1/m``. The paper proves (Theorem 4.x) and shows experimentally that every neuron then
+fixed to ``+-1/m``. The paper proves and shows experimentally that every neuron then
 converges to the *average* of its class's features: feature averaging.
 """
 
@@ -33,7 +33,7 @@ class BinaryRecipe:
     meta: ClassVar[Meta] = Meta(
         name="binary",
         description="two-layer ReLU net, m+m neurons, fixed second layer, logistic loss, full-batch GD",
-        reference="Li, Pan, Lyu, Li (ICLR 2025), Sections 2-4 (feature averaging)",
+        reference="Li, Pan, Lyu, Li (ICLR 2025), main result (feature averaging)",
         params={"m": 5, "bias": True, **GD_PARAMS, **BACKBONE_PARAMS},
     )
 

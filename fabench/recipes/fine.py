@@ -1,4 +1,4 @@
-"""Recipe ``fine``: the feature-decoupled net trained on the fine (cluster) labels (Section 5).
+"""Recipe ``fine``: the feature-decoupled net trained on the fine (cluster) labels.
 
 ``k`` groups of ``h`` ReLU units, ``f_j(x) = 1/h sum_r ReLU(<w_{j,r}, x>)``, cross entropy on the
 cluster labels with the same gradient-descent settings as ``binary``. The binary decision is
@@ -28,7 +28,7 @@ class FineRecipe:
         name="fine",
         description="k groups of h ReLU units trained on cluster labels (cross entropy); "
         "binary decision by log-sum-exp difference",
-        reference="Li, Pan, Lyu, Li (ICLR 2025), Section 5 (feature decoupling)",
+        reference="Li, Pan, Lyu, Li (ICLR 2025), feature decoupling with fine-grained labels",
         params={"h": 1, "bias": False, **GD_PARAMS, **BACKBONE_PARAMS},
     )
 

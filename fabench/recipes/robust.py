@@ -28,7 +28,7 @@ class RobustRecipe:
     meta: ClassVar[Meta] = Meta(
         name="robust",
         description="handcrafted f_robust: one ReLU unit per feature with a noise-filtering bias",
-        reference="Li, Pan, Lyu, Li (ICLR 2025), robust network f_robust (Section 4)",
+        reference="Li, Pan, Lyu, Li (ICLR 2025), the robust network f_robust",
         params={"bias_fraction": 0.25, "centre": "none", **BACKBONE_PARAMS},
     )
 
