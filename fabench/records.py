@@ -23,6 +23,9 @@ from typing import Any, Iterator, Mapping
 from fabench.errors import ConfigError
 
 SCHEMA_VERSION = 1
+"""Part of every configuration (and so of every key): bump it with any change to fabench that
+alters results for unchanged parameters (attack semantics, training code), so that finished
+records of the old code are no longer reused."""
 RESULTS_ENV = "FABENCH_RESULTS"
 
 
