@@ -102,7 +102,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    from fabench.evaluate import RunConfig, evaluate
+    from fabench.evaluation import RunConfig, evaluate
     from fabench.progress import ProgressBar
 
     human = sys.stderr if args.json else out
@@ -150,7 +150,7 @@ def add_sweep_options(ev: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
     """``fabench evaluate`` with ``--seeds`` and ``--plot``: one :func:`cmd_evaluate` per seed."""
-    from fabench.evaluate import RunConfig, resolve
+    from fabench.evaluation import RunConfig, resolve
     from fabench.records import find_record
 
     if args.seeds is not None and args.seed != 0:

@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from fabench.evaluate import DEFAULT_ATTACKS, RunConfig, evaluate  # noqa: E402
+from fabench.evaluation import DEFAULT_ATTACKS, RunConfig, evaluate  # noqa: E402
 from fabench.params import parse_assignments  # noqa: E402
 from fabench.progress import ProgressBar  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fabench.errors import ConfigError, UnknownNameError
-from fabench.evaluate import route_overrides
+from fabench.evaluation import route_overrides
 from fabench.params import parse_assignments, parse_value, resolve
 
 
@@ -50,7 +50,7 @@ def test_route_overrides_by_scope_and_ambiguity() -> None:
 
 
 def test_record_config_holds_only_the_backbone_parameters_that_matter() -> None:
-    from fabench.evaluate import RunConfig, resolve
+    from fabench.evaluation import RunConfig, resolve
 
     pixels = resolve(RunConfig(task="synthetic", recipe="binary")).recipe_params
     assert pixels["backbone"] == "pixels" and not any(k.startswith("backbone_") for k in pixels)

@@ -109,7 +109,7 @@ def test_list_evaluate_and_leaderboard_end_to_end(site: Path, tmp_path: Path) ->
 
 def test_fgm_attack_breaks_the_averaged_network(site: Path) -> None:
     """The example attack returns a proper AttackOutcome: monotone in the radius, finite distances."""
-    from fabench.evaluate import RunConfig, evaluate
+    from fabench.evaluation import RunConfig, evaluate
 
     rec, _, _ = evaluate(RunConfig(task="tiny-synthetic", recipe="binary-adam", attacks=["fgm"],
                                    radii=[0.0, 2.0, 4.0, 8.0], overrides=[("steps", "30")]),

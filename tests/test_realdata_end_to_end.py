@@ -14,7 +14,7 @@ import pytest
 from _realdata import make_data_dir
 from fabench.cli import format_record
 from fabench.data import store
-from fabench.evaluate import RunConfig, evaluate
+from fabench.evaluation import RunConfig, evaluate
 from fabench.records import Record, radius_key
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

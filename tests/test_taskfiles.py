@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fabench.errors import ConfigError, UnknownNameError
-from fabench.evaluate import RunConfig, resolve
+from fabench.evaluation import RunConfig, resolve
 from fabench.taskfiles import builtin_task_files, load_task_file, radius_grid
 
 TEXT = """

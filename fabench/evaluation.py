@@ -163,6 +163,13 @@ def evaluate(
         found = find_record(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key)
         if found is not None:
             return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
+    record = compute(cfg, res, progress=progress)
+    path = write_record(record, out_dir)
+    return record, path, False
+
+
+def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:
+    """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir, progress=progress)
@@ -218,5 +225,4 @@ def evaluate(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
     )
-    path = write_record(record, out_dir)
-    return record, path, False
+    return record
