@@ -55,6 +55,11 @@ class Meta:
     reference: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
     source: str = "fabench"
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    """Closed range ``(low, high)`` of a numeric parameter (``None``: unbounded on that side);
+    a value outside it is refused before any work is done."""
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    """The allowed values of a parameter that takes one of a few (e.g. an optimizer's name)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,9 @@ class AttackOutcome:
     radii: tuple[float, ...]
     broken: torch.Tensor
     distances: torch.Tensor
+    adversarials: torch.Tensor | None = None
+    """Optional, preferred: per point the closest adversarial example found (shaped like ``x``;
+    rows of NaN where none). When given, fabench verifies every claim on the model itself."""
 
 
 @runtime_checkable
