@@ -256,6 +256,76 @@ def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def add_sweep_command(sub: Any) -> None:
+    """The ``sweep`` subcommand (:mod:`fabench.sweep`)."""
+    sw = sub.add_parser(
+        "sweep", help="run a grid of evaluations from a sweep file (locally or on a Ray cluster), resumably",
+        description="Expand a sweep file (TOML: tasks x recipes x --set variants x seeds, with attacks, "
+                    "radii, n_eval and per-task overrides; records go where the file says, relative to "
+                    "it), reuse every finished record and run the rest, one line per job. Jobs run on a "
+                    "local Ray (--jobs at a time; in this process for --jobs 1) or on a Ray cluster "
+                    "(--ray-address or RAY_ADDRESS). A failing job is retried once, then reported; exit "
+                    "status 0 only if every job succeeded, 1 otherwise, 2 for a bad sweep file.")
+    sw.add_argument("file", help="the sweep file (*.toml)")
+    sw.add_argument("--dry-run", action="store_true", help="list the jobs (finished or not) and run nothing")
+    sw.add_argument("--jobs", type=int, help="at most this many jobs at once (default: the local CPUs; "
+                                             "all for a cluster); 1 = in this process, without Ray")
+    sw.add_argument("--ray-address", help="run on this Ray cluster (default: $RAY_ADDRESS; none = local)")
+    sw.add_argument("--device", help="cpu or cuda (each job then asks Ray for one GPU); replaces the file's")
+    sw.add_argument("--data-dir", help="where real datasets live on every node (default: $FABENCH_DATA or the "
+                                       "worker's user cache)")
+    sw.add_argument("--cache-dir", help="where trained backbones and features are cached (default: each "
+                                        "worker's own cache)")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar; still one line per job")
+    sw.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
+    import os
+
+    from fabench import sweep as S
+    from fabench.progress import ProgressBar
+
+    sw = S.load_sweep(args.file, data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
+    done = S.finished(sw)
+    n, n_done = len(sw.jobs), sum(done)
+    head = f"sweep {sw.path.name}: {n} jobs, {n_done} finished, {n - n_done} to run; records in {sw.out_dir}"
+    if sw.duplicates:
+        head += f" ({sw.duplicates} duplicate configurations run once)"
+    if args.dry_run:
+        out.write(head + "\n")
+        for job, f in zip(sw.jobs, done):
+            out.write(f"{'finished' if f else 'to run':<9} {job.key[:8]}  {job.label}\n")
+        return 0
+    out.write(head + "\n")
+    out.flush()
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
+
+    def on_event(ev: S.JobEvent) -> None:
+        if ev.kind == "start":
+            return
+        where = f" on {ev.host}" if ev.host else ""
+        if ev.kind == "done":
+            line = f"[{ev.finished}/{ev.total}] done   {ev.job.key[:8]}  {ev.job.label}  ({ev.seconds:.1f}s{where})"
+        else:
+            line = f"[{ev.finished}/{ev.total}] FAILED {ev.job.key[:8]}  {ev.job.label}: {ev.error}"
+        if bar.tty and bar.enabled:
+            sys.stderr.write("\r\033[K")
+        out.write(line + "\n")
+        out.flush()
+        bar("sweep", ev.finished, ev.total)
+
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    res = S.run_sweep(sw, jobs=args.jobs, ray_address=address, on_event=on_event)
+    ran = len(res.done) + len(res.failed)
+    startup = f", Ray start {res.ray_start_seconds:.1f}s" if res.mode != "in-process" and ran else ""
+    out.write(f"sweep {sw.path.name}: {len(res.done)} ran, {len(res.reused)} reused, {len(res.failed)} failed "
+              f"of {res.total} jobs in {res.wall_seconds:.1f}s ({res.mode}{startup})\n")
+    for job, error in res.failed:
+        out.write(f"failed: {job.key[:8]}  {job.label}: {error}\n")
+    return 0 if res.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fabench",
@@ -287,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
     add_sweep_options(ev)
     add_publish_commands(sub)
+    add_sweep_command(sub)
     return p
 
 
