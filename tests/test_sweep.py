@@ -1,0 +1,280 @@
+"""``fabench sweep``: sweep files, a real local Ray, resume after an interrupt, contained failures."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from fabench import sweep as S
+from fabench.cli import main
+from fabench.evaluation import evaluate
+from fabench.records import iter_records, read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny synthetic jobs: a fraction of a second each.
+TINY = """
+tasks = ["synthetic"]
+attacks = ["analytic", "pairwise"]
+epsilons = "0:20:2"
+set = ["d=64", "n_train=100", "n_test=50"]
+"""
+VOLATILE = {"timings", "created"}  # everything else of a record must be identical
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    """One local Ray (2 CPUs) shared by this module's in-process sweeps; run_sweep leaves it running."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def numbers(rec: Any) -> dict[str, Any]:
+    return {k: v for k, v in rec.to_json().items() if k not in VOLATILE}
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def fabench(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "fabench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_sweep_on_ray_gives_the_records_of_evaluate_bit_for_bit(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep_dir = tmp_path / "sweeps"
+    sweep_dir.mkdir()
+    path = write(sweep_dir / "s.toml", TINY + 'recipes = ["binary", "fine"]\nseeds = [0, 1]\nout = "recs"\n')
+    monkeypatch.chdir(tmp_path)  # records go next to the sweep file, not into the CWD
+    sw = S.load_sweep(path)
+    assert sw.out_dir == sweep_dir / "recs" and len(sw.jobs) == 4
+    assert S.finished(sw) == [False] * 4
+    events: list[S.JobEvent] = []
+    res = S.run_sweep(sw, jobs=2, on_event=events.append)
+    assert res.ok and res.mode == "ray (local)" and len(res.done) == 4 and not res.reused
+    assert sorted(e.finished for e in events if e.kind == "done") == [1, 2, 3, 4]
+    swept = {rec.key: rec for _, rec in iter_records(sw.out_dir)}
+    assert set(swept) == {j.key for j in sw.jobs}
+
+    alone = tmp_path / "alone"
+    for job in sw.jobs:  # the same jobs, one by one, in this process
+        rec, _, reused = evaluate(job.config, out_dir=alone)
+        assert not reused
+        assert numbers(rec) == numbers(swept[job.key])
+    # not vacuous: the two recipes and the two seeds really differ
+    fa = {(r.recipe, r.seed): r.fa_score for r in swept.values()}
+    assert fa[("binary", 0)] > 0.5 > fa[("fine", 0)] and fa[("binary", 0)] != fa[("binary", 1)]
+
+    # a rerun reuses everything and writes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in sw.out_dir.rglob("*.json")}
+    again = S.run_sweep(S.load_sweep(path), jobs=2)
+    assert len(again.reused) == 4 and not again.done and not again.failed
+    assert {p: p.stat().st_mtime_ns for p in sw.out_dir.rglob("*.json")} == stamps
+
+
+def test_a_failing_job_is_reported_and_the_others_finish(ray_session: None, tmp_path: Path) -> None:
+    # k=80 > d=64: the synthetic task cannot draw 80 orthogonal centres, so that job fails at load
+    path = write(tmp_path / "s.toml", TINY + 'recipes = ["binary"]\nseeds = [0]\nvariants = [["k=10"], ["k=80"], ["k=4"]]\n')
+    sw = S.load_sweep(path)
+    res = S.run_sweep(sw, jobs=2)
+    assert sorted(j.label for j in res.done) == sorted(j.label for j in sw.jobs if "k=80" not in j.label)
+    [(job, error)] = res.failed
+    assert "k=80" in job.label and error.startswith("ConfigError: need k <= d") and "\n" not in error
+    assert len(list(sw.out_dir.rglob("*.json"))) == 2
+
+
+def test_in_process_retries_once_then_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    path = write(tmp_path / "s.toml", TINY + 'recipes = ["binary", "fine"]\nseeds = [0]\n')
+    calls: list[str] = []
+    real = S.execute
+
+    def flaky(cfg: Any) -> dict[str, Any]:
+        calls.append(cfg.recipe)
+        if cfg.recipe == "fine":
+            raise MemoryError("simulated out of memory\nsecond line")
+        if calls.count("binary") == 1:
+            raise RuntimeError("transient")
+        return real(cfg)
+
+    monkeypatch.setattr(S, "execute", flaky)
+    code, out, _ = cli(["sweep", str(path), "--jobs", "1"], capsys)
+    assert code == 1
+    assert calls == ["binary", "binary", "fine", "fine"]  # each retried once, no more
+    assert "[1/2] done" in out and "FAILED" in out and "MemoryError: simulated out of memory" in out
+    assert "second line" not in out
+    assert "1 ran, 0 reused, 1 failed of 2 jobs" in out
+    assert len(list((tmp_path / "records").rglob("*.json"))) == 1
+
+
+def write_exploding_plugin(site: Path) -> None:
+    """A plugin recipe whose fit raises (and counts its attempts in a file), exposed via a dist-info."""
+    pkg = site / "fabench_exploding"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import os
+        from fabench.recipes.binary import BinaryRecipe
+        from fabench.types import Meta
+
+        class Exploding(BinaryRecipe):
+            meta = Meta(name="exploding", description="fails", params=dict(BinaryRecipe.meta.params))
+
+            def fit(self, data, params, *, context):
+                with open(os.environ["EXPLODING_LOG"], "a") as fh:
+                    fh.write("attempt\\n")
+                raise RuntimeError("the exploding recipe exploded")
+        """))
+    info = site / "fabench_exploding-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fabench-exploding\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[fabench.recipes]\nexploding = fabench_exploding:Exploding\n")
+
+
+def test_a_plugin_that_raises_on_ray_is_retried_once_reported_and_exit_1(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    write_exploding_plugin(site)
+    log = tmp_path / "attempts.txt"
+    path = write(tmp_path / "s.toml", TINY + 'recipes = ["exploding", "binary"]\nseeds = [0, 1]\n')
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "EXPLODING_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    env.pop("FABENCH_NO_PLUGINS", None)
+    proc = fabench("sweep", str(path), "--jobs", "2", "--quiet", env=env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert out.count("FAILED") == 2 and out.count("the exploding recipe exploded") == 4  # lines + summary
+    assert "2 ran, 0 reused, 2 failed of 4 jobs" in out and "ray (local)" in out
+    assert log.read_text().count("attempt") == 4  # two jobs, each tried twice
+    recs = [rec for _, rec in iter_records(tmp_path / "records")]
+    assert sorted((r.recipe, r.seed) for r in recs) == [("binary", 0), ("binary", 1)]
+
+
+def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.toml", TINY.replace("d=64", "d=128")
+                 + 'recipes = ["binary", "fine"]\nseeds = [0, 1, 2, 3, 4, 5]\n')
+    env = {"OMP_NUM_THREADS": "1"}
+    proc = fabench("sweep", str(path), "--jobs", "2", "--quiet", env=env)
+    assert proc.stdout is not None
+    header = proc.stdout.readline()
+    assert "12 jobs, 0 finished, 12 to run" in header
+    first = proc.stdout.readline()  # the first finished job...
+    assert "[1/12] done" in first
+    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C to the driver
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    records = tmp_path / "records"
+    files = sorted(records.rglob("*"))
+    leftovers = [p for p in files if p.is_file() and p.suffix != ".json"]
+    assert not leftovers  # no temporary files
+    written = [p for p in files if p.suffix == ".json"]
+    for p in written:  # every file is a complete record under its own key
+        rec = read_record(p)
+        assert p.name.endswith(rec.key[:16] + ".json") and rec.robust_accuracy["worst"]
+    n = len(written)
+    assert 1 <= n < 12
+    stamps = {p: p.stat().st_mtime_ns for p in written}
+
+    rerun = fabench("sweep", str(path), "--jobs", "1", "--quiet", env=env)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"12 jobs, {n} finished, {12 - n} to run" in out
+    assert f"{12 - n} ran, {n} reused, 0 failed of 12 jobs" in out
+    assert out.count(" done ") == 12 - n
+    assert len(list(records.rglob("*.json"))) == 12
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished records untouched
+
+
+def test_dry_run_on_the_leaderboard_sweep_lists_every_published_record_as_finished(capsys) -> None:
+    sweep_file = ROOT / "leaderboard" / "sweep.toml"
+    published = {rec.key for _, rec in iter_records(ROOT / "leaderboard" / "records")}
+    sw = S.load_sweep(sweep_file)
+    assert sw.out_dir == ROOT / "leaderboard" / "records"
+    assert {j.key for j in sw.jobs} == published and len(sw.jobs) == len(published) == 27
+    assert all(S.finished(sw))
+    code, out, _ = cli(["sweep", str(sweep_file), "--dry-run"], capsys)
+    assert code == 0
+    assert "27 jobs, 27 finished, 0 to run" in out
+    lines = [ln for ln in out.splitlines()[1:] if ln.strip()]
+    assert len(lines) == 27 and all(ln.startswith("finished ") for ln in lines)
+    assert {ln.split()[1] for ln in lines} == {k[:8] for k in published}
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"tasks = [\"synthetic\"\n", "is not valid TOML"),
+        (b"tasks = [\"synth\xe9tic\"]\n", "is not UTF-8"),
+        (TINY.encode() + b'recipes = ["binary"]\nrecipies = ["fine"]\n', "unknown key 'recipies' (did you mean 'recipes'?)"),
+        (TINY.encode() + b'recipes = ["binary"]\n[task.synthetic]\nn_evl = 3\n', "did you mean 'n_eval'?"),
+        (TINY.encode() + b'recipes = ["binary"]\n[task.synthtic]\nn_eval = 3\n', "did you mean 'synthetic'?"),
+        (TINY.encode() + b'recipes = ["binray"]\n', "did you mean 'binary'"),
+        (TINY.encode().replace(b'"synthetic"', b'"synthetc"') + b'recipes = ["binary"]\n', "did you mean 'synthetic'"),
+        (TINY.encode().replace(b'"pairwise"', b'"cw"') + b'recipes = ["binary"]\n', "unknown attack 'cw'"),
+        (TINY.encode() + b'recipes = ["binary"]\nseeds = "a:b"\n', "seeds must be"),
+        (TINY.encode() + b'recipes = ["binary"]\nn_eval = -1\n', "n_eval must be an integer >= 0"),
+        (TINY.encode() + b'recipes = ["binary"]\ndevice = "gpu"\n', "device must be one of cpu, cuda"),
+        (TINY.encode().replace(b'"0:20:2"', b'"0:-2:x"') + b'recipes = ["binary"]\n', "epsilons must be"),
+        (TINY.encode() + b'recipes = ["binary"]\nvariants = [["d=big"]]\n', "expected int"),
+        (TINY.encode() + b'recipes = ["binary"]\nvariants = [["d"]]\n', "malformed --set"),
+        (b'recipes = ["binary"]\n', "missing tasks"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_line_and_exit_2_before_any_job(
+    tmp_path: Path, content: bytes, needle: str, capsys
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    code, out, err = cli(["sweep", str(path)], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("fabench: error: ") and needle in err, err
+    assert not (tmp_path / "records").exists()  # nothing ran, nothing was created
+
+
+def test_task_and_recipe_overrides_and_duplicates(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.toml", TINY + textwrap.dedent("""
+        recipes = ["binary", "fine"]
+        seeds = "0:2"
+        variants = [{ d = 32 }, { d = 64 }]
+
+        [recipe.fine]
+        set = ["d=64", "recipe.steps=20"]
+        n_eval = 10
+
+        [[grid]]
+
+        [[grid]]
+        recipes = ["robust"]
+        attacks = ["analytic"]
+        epsilons = [0, 5]
+        """))
+    sw = S.load_sweep(path)
+    by = {(j.recipe, j.seed, j.config.overrides): j for j in sw.jobs}
+    fine = [j for j in sw.jobs if j.recipe == "fine"]
+    # fine's own d=64 wins over both variants: the two variants collapse into one job per seed
+    assert len(fine) == 2 and sw.duplicates == 2
+    assert all(dict(j.config.overrides)["d"] == "64" and j.config.n_eval == 10 for j in fine)
+    assert len([j for j in sw.jobs if j.recipe == "binary"]) == 4
+    robust = [j for j in sw.jobs if j.recipe == "robust"]
+    assert len(robust) == 4 and all(j.config.attacks == ("analytic",) and j.config.radii == [0.0, 5.0]
+                                     for j in robust)
+    assert len(by) == len(sw.jobs) == 10
