@@ -13,8 +13,8 @@ CPUs and GPUs of its device. A worker only calls :func:`fabench.evaluation.compu
 the finished record as JSON; the driver writes it atomically with
 :func:`fabench.records.write_record`. Workers therefore need no shared filesystem, and a crash of
 a worker or of the driver loses only the jobs in flight: a rerun resumes. A failing job is retried
-once (Ray's own ``max_retries`` / ``retry_exceptions``; in-process the same), then reported; the
-other jobs still run. Nothing here prints: progress goes to the ``on_event`` callback.
+once (resubmitted by the driver; in-process the same), then reported; the other jobs still run.
+Nothing here prints: progress goes to the ``on_event`` callback.
 
 File format (every key optional except ``tasks`` and ``recipes``)::
 
@@ -502,21 +502,29 @@ def _run_on_ray(
     window = jobs or len(todo)
     pending = list(todo)
     inflight: dict[Any, Job] = {}
+    attempts: dict[int, int] = {}
     try:
         while pending or inflight:
             while pending and len(inflight) < window:
                 job = pending.pop(0)
+                # Ray's own retries are off: they log each retry's traceback on the driver's
+                # stdout. A failed job is submitted once more below instead (same effect).
                 ref = remote.options(num_cpus=job.cpus, num_gpus=1 if job.device == "cuda" else 0,
-                                     max_retries=retries, retry_exceptions=True).remote(job.config)
+                                     max_retries=0, retry_exceptions=False).remote(job.config)
                 inflight[ref] = job
-                on_event(JobEvent("start", job, settled(), result.total))
+                attempts[job.index] = attempts.get(job.index, 0) + 1
+                if attempts[job.index] == 1:
+                    on_event(JobEvent("start", job, settled(), result.total))
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 job = inflight.pop(ref)
                 try:
                     out = ray.get(ref)
                 except Exception as exc:  # a task error, a killed worker, OOM: contained
-                    settle(job, None, one_line(exc))
+                    if attempts[job.index] <= retries:
+                        pending.insert(0, job)
+                    else:
+                        settle(job, None, one_line(exc))
                 else:
                     settle(job, out, "")
     finally:

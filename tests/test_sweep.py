@@ -128,11 +128,13 @@ def test_in_process_retries_once_then_reports(tmp_path: Path, monkeypatch: pytes
 
 
 def write_exploding_plugin(site: Path) -> None:
-    """A plugin recipe whose fit raises (and counts its attempts in a file), exposed via a dist-info."""
+    """A plugin recipe, exposed via a dist-info, that logs its attempts: seed 0 always raises; seed 1
+    kills its own worker process on the first attempt and succeeds on the second."""
     pkg = site / "fabench_exploding"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(textwrap.dedent("""
         import os
+        import signal
         from fabench.recipes.binary import BinaryRecipe
         from fabench.types import Meta
 
@@ -140,9 +142,14 @@ def write_exploding_plugin(site: Path) -> None:
             meta = Meta(name="exploding", description="fails", params=dict(BinaryRecipe.meta.params))
 
             def fit(self, data, params, *, context):
-                with open(os.environ["EXPLODING_LOG"], "a") as fh:
-                    fh.write("attempt\\n")
-                raise RuntimeError("the exploding recipe exploded")
+                log = os.environ["EXPLODING_LOG"]
+                with open(log, "a") as fh:
+                    fh.write(f"seed {context.seed}\\n")
+                if context.seed == 0:
+                    raise RuntimeError("the exploding recipe exploded")
+                if open(log).read().count(f"seed {context.seed}") == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)  # the worker dies on the first attempt
+                return super().fit(data, params, context=context)
         """))
     info = site / "fabench_exploding-0.1.dist-info"
     info.mkdir()
@@ -150,7 +157,7 @@ def write_exploding_plugin(site: Path) -> None:
     (info / "entry_points.txt").write_text("[fabench.recipes]\nexploding = fabench_exploding:Exploding\n")
 
 
-def test_a_plugin_that_raises_on_ray_is_retried_once_reported_and_exit_1(tmp_path: Path) -> None:
+def test_on_ray_a_raising_plugin_is_retried_once_and_reported_a_killed_worker_retried_exit_1(tmp_path: Path) -> None:
     site = tmp_path / "site"
     write_exploding_plugin(site)
     log = tmp_path / "attempts.txt"
@@ -161,11 +168,12 @@ def test_a_plugin_that_raises_on_ray_is_retried_once_reported_and_exit_1(tmp_pat
     proc = fabench("sweep", str(path), "--jobs", "2", "--quiet", env=env)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
-    assert out.count("FAILED") == 2 and out.count("the exploding recipe exploded") == 4  # lines + summary
-    assert "2 ran, 0 reused, 2 failed of 4 jobs" in out and "ray (local)" in out
-    assert log.read_text().count("attempt") == 4  # two jobs, each tried twice
+    assert out.count("FAILED") == 1 and out.count("RuntimeError: the exploding recipe exploded") == 2  # line + summary
+    assert "Traceback" not in out
+    assert "3 ran, 0 reused, 1 failed of 4 jobs" in out and "ray (local)" in out
+    assert sorted(log.read_text().split("\n")) == ["", "seed 0", "seed 0", "seed 1", "seed 1"]  # each tried twice
     recs = [rec for _, rec in iter_records(tmp_path / "records")]
-    assert sorted((r.recipe, r.seed) for r in recs) == [("binary", 0), ("binary", 1)]
+    assert sorted((r.recipe, r.seed) for r in recs) == [("binary", 0), ("binary", 1), ("exploding", 1)]
 
 
 def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(tmp_path: Path) -> None:
