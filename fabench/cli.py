@@ -232,8 +232,11 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
     if board.empty:
         raise ConfigError(f"no result records below {str(results)!r}")
     if args.out:
-        written = leaderboard.publish(board, Path(args.out).expanduser(),
-                                      formats=formats or leaderboard.FORMATS, figures=not args.no_figures)
+        from fabench.sweep import sweep_producing
+
+        target = Path(args.out).expanduser()
+        written = leaderboard.publish(board, target, formats=formats or leaderboard.FORMATS,
+                                      figures=not args.no_figures, sweep_file=sweep_producing(results, target))
         for path in written:
             out.write(f"wrote {path}\n")
     else:
@@ -319,8 +322,9 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
     res = S.run_sweep(sw, jobs=args.jobs, ray_address=address, on_event=on_event)
     ran = len(res.done) + len(res.failed)
     startup = f", Ray start {res.ray_start_seconds:.1f}s" if res.mode != "in-process" and ran else ""
+    how = f" ({res.mode}{startup})" if ran else ""
     out.write(f"sweep {sw.path.name}: {len(res.done)} ran, {len(res.reused)} reused, {len(res.failed)} failed "
-              f"of {res.total} jobs in {res.wall_seconds:.1f}s ({res.mode}{startup})\n")
+              f"of {res.total} jobs in {res.wall_seconds:.1f}s{how}\n")
     for job, error in res.failed:
         out.write(f"failed: {job.key[:8]}  {job.label}: {error}\n")
     return 0 if res.ok else 1

@@ -379,6 +379,20 @@ def finished(sweep: Sweep) -> list[bool]:
     return [find_record(sweep.out_dir, j.task, j.recipe, j.seed, j.key) is not None for j in sweep.jobs]
 
 
+def sweep_producing(results: Path, directory: Path, *, name: str = "sweep.toml") -> Path | None:
+    """``directory/sweep.toml`` if it is a readable sweep file whose records go to ``results``."""
+    path = directory / name
+    if not path.is_file():
+        return None
+    try:
+        out = read_sweep_file(path).get("out", DEFAULT_OUT)
+    except ConfigError:
+        return None
+    if not isinstance(out, str) or (path.parent / out).resolve() != results.resolve():
+        return None
+    return path
+
+
 # -- running ------------------------------------------------------------------------------------
 def execute(cfg: Any) -> dict[str, Any]:
     """Run one job (in a Ray worker or in-process): resolve, compute; the record as JSON, no I/O."""

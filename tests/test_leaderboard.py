@@ -196,6 +196,7 @@ def test_published_leaderboard_regenerates_exactly(tmp_path: Path) -> None:
     """`fabench leaderboard --results leaderboard/records --out leaderboard` is what was committed."""
     out = tmp_path / "leaderboard"
     shutil.copytree(PUBLISHED / "records", out / "records")
+    shutil.copy(PUBLISHED / "sweep.toml", out / "sweep.toml")  # the sweep that produced the records
     assert main(["leaderboard", "--results", str(out / "records"), "--out", str(out)], out=io.StringIO()) == 0
     committed, regenerated = published_files(PUBLISHED), published_files(out)
     assert sorted(committed) == sorted(regenerated)
