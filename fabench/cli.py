@@ -149,13 +149,22 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if ":" in text:
             lo, _, hi = text.partition(":")
-            seeds = list(range(int(lo), int(hi)))
+            lo_i, hi_i = int(lo), int(hi)
+            if hi_i - lo_i > 100_000:
+                raise ConfigError(f"--seeds {text!r}: {hi_i - lo_i} seeds; at most 100000 at once")
+            seeds = list(range(lo_i, hi_i))
         else:
             seeds = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2 or a range like 0:3") from None
     if not seeds:
         raise ConfigError(f"--seeds {text!r}: no seeds given")
+    if len(seeds) > 100_000:
+        raise ConfigError(f"--seeds {text!r}: {len(seeds)} seeds; at most 100000 at once")
+    from fabench.validation import check_seed
+
+    for s in seeds:  # every seed checked before the first one runs
+        check_seed(s, what="--seeds: seed")
     return list(dict.fromkeys(seeds))
 
 

@@ -170,7 +170,7 @@ def write_dist(site: Path, name: str, groups: dict[str, dict[str, str]], version
     )
 
 
-def prepare(root: Path, good_record: dict | None = None) -> None:
+def prepare(root: Path, good_record: dict | None = None, *, mnist: bool = True) -> None:
     """Write every file the corpus refers to (``@TMP`` in a case) below ``root``."""
     t = root / "tasks"
     t.mkdir(parents=True)
@@ -187,7 +187,7 @@ def prepare(root: Path, good_record: dict | None = None) -> None:
         "huge-grid": base + '[radii]\nstart = 0.0\nstop = 1000000.0\nstep = 0.001\n',
         "radii-huge-stop": base + '[radii]\nstart = 0.0\nstop = 1e300\nstep = 1e299\n',
         "headline-strings": base + radii + 'headline = ["x"]\n',
-        "recipe-defaults-bad": base + radii + 'recipe_defaults = 5\n',
+        "recipe-defaults-bad": base + 'recipe_defaults = 5\n' + radii,
     }
     for name, text in files.items():
         (t / f"{name}.toml").write_text(text)
@@ -228,8 +228,8 @@ def prepare(root: Path, good_record: dict | None = None) -> None:
     (ex / "fabench_exit_plugin.py").write_text("import sys\nsys.exit(3)\n")
     write_dist(ex, "fabench-exit-plugin", {"fabench.recipes": {"exiter": "fabench_exit_plugin:X"}})
     # MNIST: torchvision's unpacked idx files (no .gz) with 3000 training labels changed
-    shared = Path("/work/shared/data/MNIST/raw")
-    if shared.is_dir():
+    shared = Path(os.environ.get("FABENCH_TEST_DATA", "/work/shared/data")) / "MNIST" / "raw"
+    if mnist and shared.is_dir():
         import gzip
 
         raw = root / "mnist" / "MNIST" / "raw"
@@ -306,6 +306,7 @@ def run_subprocess(case: Case, root: Path, *, timeout: float = 60) -> tuple[str,
     except subprocess.TimeoutExpired as exc:
         rc, err = None, (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
     new = len((records_under(root / "out") | records_under(root.parent)) - before)
+    # a record written outside the corpus directory (a task name escaping --out) counts too
     return classify(case, rc, err, new), err
 
 
@@ -328,3 +329,56 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_inprocess(case: Case, root: Path) -> tuple[str, str]:
+    """Run ``case`` through :func:`fabench.cli.main` in this process (environment and ``sys.path``
+    set for it and restored after); an exception escaping ``main`` counts as a traceback."""
+    import contextlib
+    import io
+    import traceback
+
+    from fabench import registry
+    from fabench.cli import main as cli_main
+
+    out = root / "out" / case.id.replace("/", "_")
+    argv = argv_of(case, root)
+    if argv[0] == "evaluate" and "--out" not in argv:
+        argv += ["--out", str(out)]
+    env = {"FABENCH_CACHE": str(root / "cache"), **env_of(case, root)}
+    pythonpath = env.pop("PYTHONPATH", None)
+    saved_env = {k: os.environ.get(k) for k in [*env, "FABENCH_NO_PLUGINS"]}
+    saved_path = list(sys.path)
+    saved_modules = set(sys.modules)
+    os.environ.pop("FABENCH_NO_PLUGINS", None)
+    os.environ.update(env)
+    if pythonpath:
+        sys.path.insert(0, pythonpath)
+    err = io.StringIO()
+    before = records_under(root)
+    rc: int | None
+    try:
+        for reg in registry.REGISTRIES.values():  # discovered again inside main, as in a fresh process
+            reg._entries = {n: kept for n, es in reg._entries.items()
+                            if (kept := [e for e in es if e.source == registry.BUILTIN_SOURCE])}
+            reg._loaded = False
+        with contextlib.redirect_stderr(err):
+            try:
+                rc = cli_main(argv, out=io.StringIO())
+            except BaseException:  # noqa: BLE001 - what escapes main is the finding
+                err.write(traceback.format_exc())
+                rc = 99
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sys.path[:] = saved_path
+        for m in set(sys.modules) - saved_modules:
+            if m.startswith(("fabench_bad", "fabench_exit")):
+                del sys.modules[m]
+        for reg in registry.REGISTRIES.values():
+            reg.reload()
+    new = len(records_under(root) - before)
+    return classify(case, rc, err.getvalue(), new), err.getvalue()
