@@ -4,8 +4,10 @@ Entries are tensors dictionaries saved with ``torch.save`` under a key that hash
 that determines them (task data fingerprint, seed, backbone parameters, a code version), so a
 second recipe on the same backbone and data reuses them instead of retraining or re-extracting.
 Writes are atomic (a temporary file in the same directory, then ``os.replace``) and entries are
-read back with ``torch.load(..., weights_only=True)``: no code runs on load, and an unreadable
-entry is treated as a miss and rewritten.
+read back with ``torch.load(..., weights_only=True)``: no code runs on load. Every entry has a
+sidecar ``<entry>.sha256`` with the hash of its bytes; an entry that is unreadable, has no sidecar
+or does not match it is treated as a miss and rewritten. Any failure to save is a warning: the
+cache is best effort.
 
 The cache directory is, in order: ``FitContext.cache_dir`` (``--cache-dir``), ``$FABENCH_CACHE``,
 ``${XDG_CACHE_HOME:-~/.cache}/fabench``.
@@ -14,6 +16,7 @@ The cache directory is, in order: ``FitContext.cache_dir`` (``--cache-dir``), ``
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -70,31 +73,52 @@ def entry_path(root: Path, kind: str, key: str, *, label: str = "") -> Path:
     return root / kind / f"{safe + '-' if safe else ''}{key[:24]}.pt"
 
 
+def digest_path(path: Path) -> Path:
+    """The sidecar holding the SHA-256 of an entry's bytes (written after the entry)."""
+    return path.with_name(path.name + ".sha256")
+
+
 def load_entry(path: Path) -> dict[str, Any] | None:
-    """The cached dictionary at ``path``, or ``None`` when absent or unreadable (a miss)."""
+    """The cached dictionary at ``path``, or ``None`` when absent, unreadable or not matching its
+    content hash (a miss: the caller recomputes and rewrites it)."""
     if not path.is_file():
         return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt entry is a miss; it is rewritten atomically
+        blob = path.read_bytes()
+        expected = digest_path(path).read_text(encoding="ascii").strip()
+        if hashlib.sha256(blob).hexdigest() != expected:
+            log.warning("ignoring cache entry %s: its content does not match its hash", path)
+            return None
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or unverifiable entry is a miss; it is rewritten atomically
         log.warning("ignoring unreadable cache entry %s (%s)", path, type(exc).__name__)
         return None
     return obj if isinstance(obj, dict) else None
 
 
-def save_entry(path: Path, obj: Mapping[str, Any]) -> bool:
-    """Write ``obj`` atomically; returns False (and logs) when the cache is not writable."""
+def _write_bytes_atomic(path: Path, blob: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_entry(path: Path, obj: Mapping[str, Any]) -> bool:
+    """Write ``obj`` atomically with its content hash; returns False (and logs) on *any* failure:
+    the cache is best effort and never stops a run."""
+    try:
+        buf = io.BytesIO()
+        torch.save(dict(obj), buf)
+        blob = buf.getvalue()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(dict(obj), f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        log.warning("cannot write cache entry %s (%s); continuing without caching", path, exc.strerror)
+        _write_bytes_atomic(path, blob)
+        _write_bytes_atomic(digest_path(path), hashlib.sha256(blob).hexdigest().encode("ascii"))
+    except Exception as exc:
+        log.warning("cannot write cache entry %s (%s: %s); continuing without caching", path,
+                    type(exc).__name__, getattr(exc, "strerror", None) or exc)
         return False
     return True

@@ -8,24 +8,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 from tabulate import tabulate
 
 from fabench import registry
-from fabench.errors import ConfigError, FabenchError
+from fabench.errors import ConfigError, FabenchError, RecordWriteError
 from fabench.params import parse_assignments
 from fabench.records import Record, default_results_dir, radius_key
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+DEBUG_ENV = "FABENCH_DEBUG"
 
 
 def parse_radii(text: str) -> list[float]:
     """``0,10,20`` or ``start:stop:step`` (inclusive) -> radii; negative or non-numeric is an error."""
     from fabench.taskfiles import radius_grid
+
+    from fabench.validation import MAX_RADII, MAX_RADIUS
 
     text = text.strip()
     try:
@@ -33,13 +39,19 @@ def parse_radii(text: str) -> list[float]:
             parts = [float(p) for p in text.split(":")]
             if len(parts) != 3:
                 raise ValueError
-            values = list(radius_grid(*parts))
         else:
             values = [float(p) for p in text.split(",") if p.strip()]
-    except (ValueError, ConfigError):
+    except ValueError:
         raise ConfigError(f"--epsilons {text!r}: expected numbers like 0,10,20 or start:stop:step") from None
+    if ":" in text:
+        try:
+            values = list(radius_grid(*parts))  # its size is checked before it is built
+        except ConfigError as exc:
+            raise ConfigError(f"--epsilons {text!r}: {str(exc).removeprefix('radius grid: ')}") from None
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         raise ConfigError(f"--epsilons {text!r}: radii must be finite and non-negative")
+    if max(values) > MAX_RADIUS or len(values) > MAX_RADII:
+        raise ConfigError(f"--epsilons {text!r}: at most {MAX_RADII} radii, each at most {MAX_RADIUS:g}")
     return values
 
 
@@ -113,12 +125,22 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed, attacks=attacks, radii=radii,
                     n_eval=args.n_eval, overrides=overrides, data_dir=args.data_dir, cache_dir=args.cache_dir)
-    rec, path, reused = evaluate(cfg, out_dir=out_dir, force=args.force, progress=bar)
+    try:
+        rec, path, reused = evaluate(cfg, out_dir=out_dir, force=args.force, progress=bar,
+                                     notice=_notice)
+    except RecordWriteError as exc:
+        if exc.fallback is None and isinstance(exc.record, Record):  # nowhere to keep it: print it
+            out.write(json.dumps(exc.record.to_json()) + "\n")
+        raise
     if not args.quiet or not args.json:
         human.write(format_record(rec, reused=reused, path=path) + "\n")
     if args.json:
         out.write(json.dumps(rec.to_json()) + "\n")
     return 0
+
+
+def _notice(text: str) -> None:
+    sys.stderr.write(f"fabench: {text}\n")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -127,13 +149,22 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if ":" in text:
             lo, _, hi = text.partition(":")
-            seeds = list(range(int(lo), int(hi)))
+            lo_i, hi_i = int(lo), int(hi)
+            if hi_i - lo_i > 100_000:
+                raise ConfigError(f"--seeds {text!r}: {hi_i - lo_i} seeds; at most 100000 at once")
+            seeds = list(range(lo_i, hi_i))
         else:
             seeds = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2 or a range like 0:3") from None
     if not seeds:
         raise ConfigError(f"--seeds {text!r}: no seeds given")
+    if len(seeds) > 100_000:
+        raise ConfigError(f"--seeds {text!r}: {len(seeds)} seeds; at most 100000 at once")
+    from fabench.validation import check_seed
+
+    for s in seeds:  # every seed checked before the first one runs
+        check_seed(s, what="--seeds: seed")
     return list(dict.fromkeys(seeds))
 
 
@@ -219,6 +250,18 @@ def _results_dir(args: argparse.Namespace) -> Path:
     return results
 
 
+def _check_out_dir(path: Path, what: str) -> None:
+    """A directory that is (or can be made) writable, or one line saying why not."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{what} {str(path)!r} is not writable")
+
+
 def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
     from fabench import leaderboard
 
@@ -228,6 +271,8 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError(f"--format {args.format!r}: unknown {', '.join(unknown)}; "
                           f"known: {', '.join(leaderboard.FORMATS)}")
     results = _results_dir(args)
+    if args.out:
+        _check_out_dir(Path(args.out).expanduser(), "--out")
     board = leaderboard.load(results)
     if board.empty:
         raise ConfigError(f"no result records below {str(results)!r}")
@@ -254,6 +299,7 @@ def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
     if not records:
         raise ConfigError(f"no result records below {str(results)!r}")
     target = Path(args.out).expanduser() if args.out else results / "figures"
+    _check_out_dir(target, "--out" if args.out else "figures directory")
     for path in plots.plot_all(records, out_dir=target):
         out.write(f"wrote {path}\n")
     return 0
@@ -329,9 +375,15 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"failed: {job.key[:8]}  {job.label}: {error}\n")
     return 0 if res.ok else 1
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (a ConfigError) instead of usage text and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="fabench",
         description="Feature averaging and its cost in L2 robustness (Li, Pan, Lyu, Li, ICLR 2025).",
     )
@@ -368,10 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """fabench's own warnings (a plugin that failed to load) as one line; others as usual."""
+    from fabench.records import RecordWarning
     from fabench.registry import PluginWarning
 
     text = str(message)
-    if issubclass(category, PluginWarning):
+    if issubclass(category, (PluginWarning, RecordWarning)):
         sys.stderr.write(f"fabench: warning: {text.removeprefix('fabench: ')}\n")
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
@@ -386,17 +439,38 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
     stream = out if out is not None else sys.stdout
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace, TextIO], int] = args.func
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--traceback" in argv or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "no")
+    argv = [a for a in argv if a != "--traceback"]
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace, TextIO], int] = args.func
         return func(args, stream)
-    except FabenchError as exc:
-        sys.stderr.write(f"fabench: error: {exc}\n")
-        return EXIT_USAGE
+    except SystemExit as exc:  # argparse's own usage errors and --help
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+        return code
     except KeyboardInterrupt:
         sys.stderr.write("fabench: interrupted; finished records are kept, nothing partial was written\n")
         return 130
+    except BaseException as exc:  # every error is one line; --traceback / FABENCH_DEBUG=1 show the trace
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(one_line(exc) + "\n")
+        return EXIT_USAGE if isinstance(exc, FabenchError) else EXIT_INTERNAL
+
+
+def one_line(exc: BaseException) -> str:
+    """The one stderr line of an error: the message, or for an internal error its type and origin."""
+    if isinstance(exc, FabenchError):
+        return f"fabench: error: {' '.join(str(exc).split())}"
+    if isinstance(exc, MemoryError):
+        return "fabench: error: out of memory (use smaller sizes; --traceback shows where)"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    text = " ".join(str(exc).split())[:300]
+    return (f"fabench: internal error: {type(exc).__name__}{': ' + text if text else ''}{where} "
+            f"(rerun with --traceback, or FABENCH_DEBUG=1, for the full trace)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,3 +24,21 @@ class DataError(FabenchError):
 
 class PluginConflictError(FabenchError):
     """Two providers registered the same name and none was chosen explicitly."""
+
+
+class PluginError(FabenchError):
+    """A plugin (or its result) failed: the message names the plugin and its distribution."""
+
+
+class InvalidOutcomeError(PluginError):
+    """An attack returned an :class:`~fabench.types.AttackOutcome` that contradicts itself or the model."""
+
+
+class RecordWriteError(FabenchError):
+    """A finished record could not be written where asked; ``fallback`` is where it was kept
+    (``None`` if nowhere: the caller should print ``record``)."""
+
+    def __init__(self, message: str, *, record: object = None, fallback: object = None) -> None:
+        super().__init__(message)
+        self.record = record
+        self.fallback = fallback

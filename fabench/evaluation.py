@@ -7,10 +7,11 @@ the callback, numbers into the returned :class:`~fabench.records.Record`).
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 from fabench import params as P
 from fabench import registry
@@ -18,12 +19,14 @@ from fabench.errors import ConfigError, UnknownNameError
 from fabench.metrics import feature_report
 from fabench.models.backbones import effective_params
 from fabench.protocol import AttackSpec, check_radii, run_protocol
+from fabench.provenance import describe_change, provenance
 from fabench.records import (
     SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, record_path, versions,
-    write_record,
+    write_record_or_keep,
 )
 from fabench.taskfiles import load_task_file
-from fabench.types import FitContext, ProgressFn, Task, no_progress
+from fabench.types import Attack, FitContext, ProgressFn, Task, no_progress
+from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded
 
 DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
 
@@ -38,7 +41,9 @@ class RunConfig:
     attacks: Sequence[str] = DEFAULT_ATTACKS
     radii: Sequence[float] | None = None
     n_eval: int = 0
-    overrides: Sequence[tuple[str, str]] = ()
+    overrides: Sequence[tuple[str, Any]] = ()
+    """``(key, value)`` pairs as ``--set key=value`` takes them; a value may be text (parsed to the
+    default's type) or a typed Python value (int, float, bool, str, tuple of numbers)."""
     data_dir: str | None = None
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +62,8 @@ class Resolved:
     headline: tuple[float, ...]
     config: dict[str, Any]
     key: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Versions and code hashes of fabench and of every distribution providing a part (decides reuse)."""
 
 
 def get_task(name: str) -> tuple[Task, str]:
@@ -69,13 +76,14 @@ def get_task(name: str) -> tuple[Task, str]:
 
 
 def route_overrides(
-    pairs: Sequence[tuple[str, str]], task_defaults: Mapping[str, Any], recipe_defaults: Mapping[str, Any],
+    pairs: Sequence[tuple[str, Any]], task_defaults: Mapping[str, Any], recipe_defaults: Mapping[str, Any],
     attack_defaults: Mapping[str, Mapping[str, Any]],
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
     """Send each ``--set key=value`` to the task, the recipe or an attack, parsing the value.
 
     ``task.k``, ``recipe.m`` and ``<attack>.steps`` are explicit; a bare key goes wherever it is
-    known, and one known to both the task and the recipe must be qualified.
+    known: the task or the recipe (one known to both must be qualified), else the one selected
+    attack that has it (qualify it when several have it). Text is parsed to the default's type; typed values are checked against it.
     """
     t: dict[str, Any] = {}
     r: dict[str, Any] = {}
@@ -89,28 +97,48 @@ def route_overrides(
         elif dot and scope in attack_defaults:
             target, defaults, owner = a.setdefault(scope, {}), attack_defaults[scope], f"attack {scope}"
         elif dot:
+            scopes = ["task", "recipe", *attack_defaults]
+            close = difflib.get_close_matches(scope, scopes, n=1)
+            hint = f"; did you mean {close[0]}.{name}?" if close else ""
             raise UnknownNameError(
                 f"--set {key}: {scope!r} is not 'task', 'recipe' or a selected attack "
-                f"({', '.join(attack_defaults) or 'none'})"
+                f"({', '.join(attack_defaults) or 'none'}){hint}"
             )
         else:
             name = key
-            in_t, in_r = key in task_defaults, key in recipe_defaults
-            if in_t and in_r:
-                raise ConfigError(f"--set {key}: both the task and the recipe have {key!r}; "
-                                  f"write task.{key} or recipe.{key}")
-            if not in_t and not in_r:
+            owners = [o for o, d in [("task", task_defaults), ("recipe", recipe_defaults)] if key in d] or [
+                o for o, d in attack_defaults.items() if key in d]  # the task and recipe come first
+            if len(owners) > 1:
+                raise ConfigError(f"--set {key}: {', '.join(owners)} all have {key!r}; "
+                                  f"write {' or '.join(f'{o}.{key}' for o in owners)}")
+            if not owners:
                 known = sorted(set(task_defaults) | set(recipe_defaults))
-                raise UnknownNameError(f"--set {key}: no task or recipe parameter {key!r}. Known: {', '.join(known)}")
-            target, defaults, owner = (t, task_defaults, "task") if in_t else (r, recipe_defaults, "recipe")
+                close = difflib.get_close_matches(key, known + [f"{a}.{k}" for a, d in attack_defaults.items()
+                                                                for k in d], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UnknownNameError(f"--set {key}: no task or recipe parameter {key!r}{hint} "
+                                       f"Known: {', '.join(known)}")
+            if owners[0] == "task":
+                target, defaults, owner = t, task_defaults, "task"
+            elif owners[0] == "recipe":
+                target, defaults, owner = r, recipe_defaults, "recipe"
+            else:
+                target, defaults, owner = a.setdefault(owners[0], {}), attack_defaults[owners[0]], f"attack {owners[0]}"
         if name not in defaults:
-            raise UnknownNameError(f"--set {key}: {owner} has no parameter {name!r}. Known: {', '.join(sorted(defaults))}")
-        target[name] = P.parse_value(text, defaults[name], key=key)
+            close = difflib.get_close_matches(name, list(defaults), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"--set {key}: {owner} has no parameter {name!r}{hint} "
+                                   f"Known: {', '.join(sorted(defaults))}")
+        if isinstance(text, str):
+            target[name] = P.parse_value(text, defaults[name], key=key)
+        else:
+            target[name] = P.coerce(text, defaults[name], key=key)
     return t, r, a
 
 
 def resolve(cfg: RunConfig) -> Resolved:
     """Look up every name and resolve every parameter; raises before any work is done."""
+    check_seed(cfg.seed)
     task, task_name = get_task(cfg.task)
     recipe_entry = registry.recipes.entry(cfg.recipe)
     recipe = recipe_entry.obj
@@ -119,13 +147,17 @@ def resolve(cfg: RunConfig) -> Resolved:
         raise ConfigError("need at least one attack")
     attack_defaults = {e.name: dict(e.meta.params) for e in attack_entries}
     t_over, r_over, a_over = route_overrides(cfg.overrides, task.meta.params, recipe.meta.params, attack_defaults)
-    task_params = P.resolve(task.meta.params, t_over, owner=f"task {task_name}")
+    task_params = P.resolve(task.meta.params, t_over, owner=f"task {task_name}", bounds=task.meta.bounds,
+                            choices=task.meta.choices)
     defaults_for = getattr(task, "defaults_for", None)  # task files have them; plugin tasks may not
     task_recipe_defaults = defaults_for(recipe_entry.name, recipe.meta.params) if defaults_for else {}
     recipe_params = effective_params(
-        P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}")
+        P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}",
+                  bounds=recipe.meta.bounds, choices=recipe.meta.choices)
     )
-    specs = [AttackSpec(e.name, e.obj, P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}"))
+    specs = [AttackSpec(e.name, e.obj if e.source == BUILTIN_SOURCE else cast(Attack, GuardedAttack(e.obj, e.name, e.source)),
+                        P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}",
+                                  bounds=e.meta.bounds, choices=e.meta.choices))
              for e in attack_entries]
     radii = check_radii(cfg.radii if cfg.radii is not None else getattr(task, "radii", ()) or (0.0,))
     headline = tuple(r for r in getattr(task, "headline_radii", ()) if r in radii) or radii
@@ -145,8 +177,10 @@ def resolve(cfg: RunConfig) -> Resolved:
                     **{f"attack {e.name}": e.source for e in attack_entries}},
         **cfg.extra,
     }
+    prov = provenance({"task": (task.meta.source, task), "recipe": (recipe_entry.source, recipe),
+                       **{f"attack {e.name}": (e.source, e.obj) for e in attack_entries}})
     return Resolved(task, task_name, task_params, recipe, recipe_entry.name, recipe_params, specs,
-                    radii, headline, config, config_key(config))
+                    radii, headline, config, config_key(config), prov)
 
 
 def evaluate(
@@ -155,16 +189,27 @@ def evaluate(
     out_dir: Path,
     force: bool = False,
     progress: ProgressFn = no_progress,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[Record, Path, bool]:
-    """Run (or reuse) one evaluation. Returns ``(record, path, reused)``."""
+    """Run (or reuse) one evaluation. Returns ``(record, path, reused)``.
+
+    A finished record of the same configuration is reused only if its provenance (fabench's and the
+    plugins' versions and code) is the current one; otherwise ``notice`` is told why it is recomputed.
+    A record that cannot be written is kept: :func:`~fabench.records.write_record_or_keep` raises a
+    :class:`~fabench.errors.RecordWriteError` naming the fallback file.
+    """
     res = resolve(cfg)
     check_writable(out_dir)
     if not force:
         found = find_record(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key)
         if found is not None:
-            return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
+            why = describe_change(found.provenance, res.provenance)
+            if not why:
+                return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
+            if notice is not None:
+                notice(f"finished record found but {why} since: recomputing")
     record = compute(cfg, res, progress=progress)
-    path = write_record(record, out_dir)
+    path = write_record_or_keep(record, out_dir)
     return record, path, False
 
 
@@ -172,12 +217,14 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir, progress=progress)
+    with guarded("task", res.task_name, res.task.meta.source, "load"):
+        data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir, progress=progress)
     timings["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir)
-    model = res.recipe.fit(data, res.recipe_params, context=context)
-    model.eval()
+    with guarded("recipe", res.recipe_name, res.recipe.meta.source, "fit"):
+        model = res.recipe.fit(data, res.recipe_params, context=context)
+        model.eval()
     timings["train"] = time.perf_counter() - t0
     # Stages inside the recipe (backbone training, feature extraction) report their own times.
     timings.update({f"train: {k}": float(v) for k, v in model.info.pop("timings", {}).items()})
@@ -222,6 +269,8 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         data_info={"n_train": len(data.x_train), "n_test": len(data.x_test), **dict(data.info)},
         model_info=dict(model.info),
         sources=dict(res.config["sources"]),
+        provenance=dict(res.provenance),
+        verified_attacks=sorted(a for a, ok in result.verified.items() if ok),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
     )

@@ -54,6 +54,10 @@ def coerce(value: Any, default: Any, *, key: str) -> Any:
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return tuple(value)
     if default is not None and not isinstance(value, type(default)):
@@ -65,8 +69,16 @@ def resolve(
     defaults: Mapping[str, Any],
     *overrides: Mapping[str, Any],
     owner: str,
+    bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
+    choices: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Defaults overridden in order; an unknown key is an error that lists the known keys."""
+    """Defaults overridden in order; an unknown key is an error that lists the known keys.
+
+    The result is checked against the owner's declared ``bounds`` and ``choices``
+    (:attr:`fabench.types.Meta.bounds`, :attr:`~fabench.types.Meta.choices`).
+    """
+    from fabench.validation import check_bounds
+
     out = dict(defaults)
     for layer in overrides:
         for key, value in layer.items():
@@ -77,6 +89,7 @@ def resolve(
                     f"{owner} has no parameter {key!r}{hint} Known: {', '.join(sorted(defaults)) or 'none'}"
                 )
             out[key] = coerce(value, defaults[key], key=f"{owner}.{key}")
+    check_bounds(out, owner=owner, bounds=bounds, choices=choices)
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 from fabench.errors import ConfigError
 from fabench.models import Classifier
 from fabench.types import Attack, AttackOutcome, ProgressFn, TaskData, no_progress
+from fabench.validation import MAX_RADII, MAX_RADIUS, check_outcome
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ProtocolResult:
     worst_broken: torch.Tensor
     min_distance: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
+    verified: dict[str, bool] = field(default_factory=dict)
+    """Per attack: True when every claim it made came with an adversarial example checked on the model."""
 
     @property
     def clean_accuracy(self) -> float:
@@ -65,11 +68,13 @@ def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
     out = []
     for r in radii:
         v = float(r)
-        if not np.isfinite(v) or v < 0:
-            raise ConfigError(f"radii must be finite and non-negative, got {r!r}")
+        if not np.isfinite(v) or v < 0 or v > MAX_RADIUS:
+            raise ConfigError(f"radii must be finite, non-negative and at most {MAX_RADIUS:g}, got {r!r}")
         out.append(v)
     if not out:
         raise ConfigError("need at least one radius")
+    if len(out) > MAX_RADII:
+        raise ConfigError(f"{len(out)} radii; at most {MAX_RADII} are accepted")
     return tuple(sorted(set(out)))
 
 
@@ -105,6 +110,7 @@ def run_protocol(
     clean_correct = model.correct(x, y)
     n, timings = len(x), {}
     outcomes: dict[str, AttackOutcome] = {}
+    verified: dict[str, bool] = {}
     for spec in attacks:
         start = time.perf_counter()
         broken, dists = [], []
@@ -115,6 +121,8 @@ def run_protocol(
                 model, x[sl], y[sl], radii, data=data, params=spec.params,
                 seed=attack_seed(seed, spec.name) + b0,
             )
+            verified[spec.name] = check_outcome(out, spec, model, x[sl], y[sl], clean_correct[sl], radii, data) \
+                and verified.get(spec.name, True)
             broken.append(out.broken)
             dists.append(out.distances)
             progress(f"attack {spec.name}", min(b0 + batch_size, n), n)
@@ -128,4 +136,4 @@ def run_protocol(
     for o in outcomes.values():
         worst |= o.broken
         min_d = torch.minimum(min_d, o.distances)
-    return ProtocolResult(radii, idx, clean_correct, outcomes, worst, min_d, timings)
+    return ProtocolResult(radii, idx, clean_correct, outcomes, worst, min_d, timings, verified)

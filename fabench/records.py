@@ -16,17 +16,20 @@ import math
 import os
 import platform
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from fabench.errors import ConfigError
+from fabench.errors import ConfigError, RecordWriteError
 
 SCHEMA_VERSION = 1
 """Part of every configuration (and so of every key): bump it with any change to fabench that
 alters results for unchanged parameters (attack semantics, training code), so that finished
 records of the old code are no longer reused."""
 RESULTS_ENV = "FABENCH_RESULTS"
+PROBE_BYTES = 1 << 20
+"""Bytes the writability probe writes and syncs (more than any record takes)."""
 
 
 def default_results_dir() -> Path:
@@ -85,44 +88,92 @@ class Record:
     created: str = ""
     key: str = ""
     schema: int = SCHEMA_VERSION
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """fabench's and every providing distribution's version and code hash (see :mod:`fabench.provenance`)."""
+    verified_attacks: list[str] = field(default_factory=list)
+    """Attacks whose every claim came with an adversarial example that fabench checked on the model."""
 
     @property
     def params(self) -> dict[str, Any]:
         return self.config
+
+    def robust_accuracy_at(self, radius: float, attack: str = "worst") -> float:
+        """Robust accuracy of ``attack`` (default: the per-point worst case) at ``radius``.
+
+        ``radius`` must be one of the record's radii (compared as floats, not as JSON keys)."""
+        table = self.robust_accuracy[attack]
+        for r in self.radii:
+            if math.isclose(float(r), float(radius), rel_tol=1e-9, abs_tol=1e-12):
+                return float(table[radius_key(r)])
+        raise KeyError(f"radius {radius!r} is not among the record's radii {self.radii}")
+
+    def robust_curve(self, attack: str = "worst") -> dict[float, float]:
+        """``{radius: robust accuracy}`` with float radii, in increasing order."""
+        return {float(r): float(self.robust_accuracy[attack][radius_key(r)]) for r in self.radii}
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = _jsonable(dataclasses.asdict(self))
         return out
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "Record":
+    def from_json(cls, obj: Any) -> "Record":
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"not a fabench record (a JSON {type(obj).__name__}, not an object)")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = {"task", "recipe", "seed", "config", "robust_accuracy"} - set(obj)
+        missing = {"task", "recipe", "seed", "config", "robust_accuracy", "radii", "attacks",
+                   "clean_accuracy"} - set(obj)
         if missing:
             raise ConfigError(f"not a fabench record (missing {', '.join(sorted(missing))})")
-        return cls(**{k: v for k, v in obj.items() if k in names})
+        rec = cls(**{k: v for k, v in obj.items() if k in names})
+        rec._check_types()
+        return rec
+
+    def _check_types(self) -> None:
+        """Refuse a record whose fields have the wrong JSON types (it would crash its readers)."""
+        ok = (isinstance(self.task, str) and isinstance(self.recipe, str) and isinstance(self.seed, int)
+              and isinstance(self.config, dict) and isinstance(self.robust_accuracy, dict)
+              and all(isinstance(v, dict) for v in self.robust_accuracy.values())
+              and isinstance(self.radii, list) and all(isinstance(r, (int, float)) for r in self.radii)
+              and isinstance(self.attacks, list) and isinstance(self.schema, int)
+              and isinstance(self.clean_accuracy, (int, float)) and isinstance(self.cosine_matrix, dict)
+              and isinstance(self.headline_radii, list) and isinstance(self.data_info, dict))
+        if not ok:
+            raise ConfigError("not a fabench record (fields of the wrong type)")
+
+
+def _safe_component(s: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+    return out if out.strip(".") else "_" * max(1, len(out))  # never "", "." or ".."
 
 
 def record_path(out_dir: Path, task: str, recipe: str, seed: int, key: str) -> Path:
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
+    safe = _safe_component
     return out_dir / safe(task) / safe(recipe) / f"seed{seed}-{key[:16]}.json"
 
 
 def check_writable(out_dir: Path) -> None:
     """Create ``out_dir`` and prove it is writable, before any work is done."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"cannot write results to {str(out_dir)!r}: it is a file, not a directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-", delete=True):
-            pass
+        # A real probe: write (and sync) as much as a large record takes, so a full disk is found now.
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-", delete=True) as fh:
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as exc:
         raise ConfigError(f"cannot write results to {str(out_dir)!r}: {exc.strerror or exc}") from None
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
+
+    The file gets the usual mode of a new file (``0666`` less the umask; mkstemp's is ``0600``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -139,11 +190,47 @@ def write_record(record: Record, out_dir: Path) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_record_or_keep(record: Record, out_dir: Path) -> Path:
+    """:func:`write_record`; when that fails, keep the record in a fallback file (in the temporary
+    directory) and raise a :class:`RecordWriteError` naming it (``fallback=None``: the caller must
+    print ``record``). Nothing computed is lost."""
+    try:
+        return write_record(record, out_dir)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    fallback = Path(tempfile.gettempdir()) / f"fabench-unsaved-{record.task}-{record.recipe}-seed{record.seed}-{record.key[:16]}.json"
+    try:
+        write_atomic(fallback, json.dumps(record.to_json(), indent=1) + "\n")
+    except OSError:
+        raise RecordWriteError(f"cannot write the record to {str(out_dir)!r} ({reason}); nothing else was "
+                               "writable either, so the record is printed on stdout", record=record) from None
+    raise RecordWriteError(f"cannot write the record to {str(out_dir)!r} ({reason}); it was kept in "
+                           f"{str(fallback)!r}", record=record, fallback=fallback)
+
+
+class RecordWarning(UserWarning):
+    """A file below a results directory is not a readable record of this schema; it is skipped."""
+
+
 def read_record(path: Path) -> Record:
     try:
         return Record.from_json(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{str(path)!r} is not a fabench record (nested too deeply)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{str(path)!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{str(path)!r}: {exc}") from None
 
 
 def find_record(out_dir: Path, task: str, recipe: str, seed: int, key: str) -> Record | None:
@@ -159,14 +246,21 @@ def find_record(out_dir: Path, task: str, recipe: str, seed: int, key: str) -> R
 
 
 def iter_records(root: Path) -> Iterator[tuple[Path, Record]]:
-    """Every record below ``root`` (sorted by path; unreadable files are skipped)."""
+    """Every record of this schema below ``root`` (sorted by path). Unreadable files and records of
+    another schema are skipped, each with one :class:`RecordWarning` naming it (never averaged in)."""
     for path in sorted(root.rglob("*.json")):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():
             continue
         try:
-            yield path, read_record(path)
-        except ConfigError:
+            rec = read_record(path)
+        except ConfigError as exc:
+            warnings.warn(f"fabench: skipping {exc}", RecordWarning, stacklevel=2)
             continue
+        if rec.schema != SCHEMA_VERSION:
+            warnings.warn(f"fabench: skipping {str(path)!r}: a record of schema {rec.schema}, "
+                          f"this fabench reads schema {SCHEMA_VERSION}", RecordWarning, stacklevel=2)
+            continue
+        yield path, rec
 
 
 def versions() -> dict[str, str]:

@@ -107,7 +107,7 @@ class Registry(Generic[T]):
             try:
                 loaded = ep.load()
                 self.register(loaded, source=dist)
-            except Exception as exc:  # a broken plugin must not break the others
+            except (Exception, SystemExit) as exc:  # a broken plugin (even one calling sys.exit) must not break the others
                 warnings.warn(
                     f"fabench: could not load {self.kind} plugin {ep.name!r} "
                     f"({ep.value}) from distribution {dist!r}: {type(exc).__name__}: {exc}",

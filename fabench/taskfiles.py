@@ -30,12 +30,13 @@ import dataclasses
 import importlib.resources
 import os
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Protocol, TypeVar
 
 from fabench import params as P
-from fabench.errors import ConfigError, UnknownNameError
+from fabench.errors import ConfigError, FabenchError, UnknownNameError
 from fabench.types import Meta, Params, ProgressFn, TaskData, no_progress
 
 TASKS_PATH_ENV = "FABENCH_TASKS_PATH"
@@ -70,9 +71,9 @@ def _import_kinds() -> None:
 
 def radius_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
     """``start, start+step, ..., stop`` (inclusive), rounded to hide float drift."""
-    if step <= 0 or stop < start or start < 0:
-        raise ConfigError(f"bad radius grid start={start} stop={stop} step={step}")
-    n = int(round((stop - start) / step))
+    from fabench.validation import check_grid_size
+
+    n = check_grid_size(start, stop, step, what="radius grid") - 1  # refused before it is built
     return tuple(round(start + i * step, 10) for i in range(n + 1))
 
 
@@ -118,20 +119,33 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
         raise ConfigError(f"task file {str(p)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"task file {str(p)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"task file {str(p)!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"task file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    for table in ("params", "radii", "recipe_defaults"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"task file {str(p)!r}: [{table}] must be a table, got {raw[table]!r}")
     _import_kinds()
     kind = raw.get("kind")
     if kind not in TASK_KINDS:
         raise UnknownNameError(
             f"task file {str(p)!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(TASK_KINDS))}"
         )
-    name = str(raw.get("name") or p.stem)
-    params = P.resolve(TASK_KINDS[kind].defaults, raw.get("params", {}), owner=f"task {name}")
+    name = safe_name(raw.get("name", p.stem), where=f"task file {str(p)!r}")
+    kind_cls = TASK_KINDS[kind]
+    params = P.resolve(kind_cls.defaults, raw.get("params", {}), owner=f"task {name}",
+                       bounds=getattr(kind_cls, "bounds", None), choices=getattr(kind_cls, "choices", None))
     rad = raw.get("radii", {})
     try:
         radii = radius_grid(float(rad["start"]), float(rad["stop"]), float(rad["step"]))
+        headline = tuple(float(r) for r in rad.get("headline", radii))
     except KeyError as exc:
         raise ConfigError(f"task file {str(p)!r}: [radii] needs start, stop, step ({exc} missing)") from None
-    headline = tuple(float(r) for r in rad.get("headline", radii))
+    except ConfigError as exc:
+        raise ConfigError(f"task file {str(p)!r}: {exc}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"task file {str(p)!r}: [radii] start, stop, step and headline must be numbers") from None
     rd = raw.get("recipe_defaults", {})
     if not isinstance(rd, dict) or not all(isinstance(v, dict) for v in rd.values()):
         raise ConfigError(f"task file {str(p)!r}: [recipe_defaults.<recipe>] tables expected")
@@ -141,8 +155,19 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
         reference=str(raw.get("reference", "")),
         params=params,
         source=source,
+        bounds=dict(getattr(kind_cls, "bounds", {})),
+        choices=dict(getattr(kind_cls, "choices", {})),
     )
     return FileTask(meta, kind, radii, headline, rd, str(p))
+
+
+def safe_name(name: Any, *, where: str) -> str:
+    """A task name that is also a safe path component (records are stored under it)."""
+    text = str(name).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0") or text != str(name):
+        raise ConfigError(f"{where}: name {name!r} must be a non-empty word without '/', '\\' or "
+                          "surrounding spaces, and not '.' or '..'")
+    return text
 
 
 def builtin_task_files() -> list[Path]:
@@ -166,4 +191,10 @@ def register_builtin_tasks(register: Callable[..., Any] | None = None) -> None:
     for f in builtin_task_files():
         reg(load_task_file(f))
     for f in extra_task_files():
-        reg(load_task_file(f, source=f"file:{f.parent}"), source=f"file:{f.parent}")
+        try:
+            task = load_task_file(f, source=f"file:{f.parent}")
+        except FabenchError as exc:  # one bad file on the path must not break every command
+            warnings.warn(f"fabench: skipping task file from {TASKS_PATH_ENV}: {exc}", registry.PluginWarning,
+                          stacklevel=2)
+            continue
+        reg(task, source=f"file:{f.parent}")

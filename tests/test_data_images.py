@@ -122,13 +122,15 @@ def test_mnist_bad_file_is_refused(data_dir: Path, tmp_path: Path, damage: str) 
     assert str(target) in msg and "wrong md5" in msg
 
 
-def test_mnist_unpacked_file_with_bad_length_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("truncate", [0, 10])
+def test_mnist_unpacked_file_without_its_gz_is_refused(tmp_path: Path, truncate: int) -> None:
+    """An unpacked idx file cannot be verified (no official checksum): refused, even when intact."""
     d = make_data_dir(tmp_path / "d", cifar=False)
     gz = d / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
     raw = gzip.decompress(gz.read_bytes())
     gz.unlink()
-    gz.with_suffix("").write_bytes(raw[:-10])  # torchvision's unpacked layout, truncated
-    with pytest.raises(DataError, match="truncated or corrupt"):
+    gz.with_suffix("").write_bytes(raw[: len(raw) - truncate])  # torchvision's unpacked layout
+    with pytest.raises(DataError, match="only the official gzip files can be verified"):
         load(mnist.MNISTDigits, d)
 
 

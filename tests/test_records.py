@@ -57,7 +57,8 @@ def test_not_a_record_is_config_error(tmp_path: Path) -> None:
     p.write_text('{"hello": 1}')
     with pytest.raises(ConfigError):
         records.read_record(p)
-    assert list(records.iter_records(tmp_path)) == []
+    with pytest.warns(records.RecordWarning, match="x.json.*not a fabench record"):
+        assert list(records.iter_records(tmp_path)) == []
 
 
 def test_radius_keys() -> None:

@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier
 
 LINE_SEARCH_PARAMS = {"scan_points": 64, "bisect_steps": 20, "max_radius": 0.0}
+#: ``max_radius`` 0 means "twice the largest radius asked"; a scan needs at least 2 points.
+LINE_SEARCH_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "scan_points": (2, 100_000), "bisect_steps": (0, 200), "max_radius": (0.0, 1e9),
+}
 
 
 def averaged_feature_direction(data: TaskData) -> torch.Tensor:
@@ -91,6 +95,7 @@ class AnalyticAttack:
         description="averaged-feature attack: -y * eps * unit(sum_J+ mu - sum_J- mu), line search",
         reference="Li, Pan, Lyu, Li (ICLR 2025): non-robustness of feature-averaging networks",
         params=dict(LINE_SEARCH_PARAMS),
+        bounds=LINE_SEARCH_BOUNDS,
     )
     minimization: ClassVar[bool] = True
 
@@ -114,6 +119,7 @@ class PairwiseFeatureAttack:
         description="line search from each point towards every other-class feature, unit(mu_j' - mu_j)",
         reference="Li, Pan, Lyu, Li (ICLR 2025): robustness bound of feature-decoupled networks",
         params={**LINE_SEARCH_PARAMS, "scan_points": 32},
+        bounds=LINE_SEARCH_BOUNDS,
     )
     minimization: ClassVar[bool] = True
 

@@ -44,6 +44,7 @@ class PGDAttack:
         description="foolbox L2 projected gradient descent, one run per radius (+ random restarts)",
         reference="Madry et al. (2018); foolbox.attacks.L2PGD",
         params={"steps": 50, "rel_stepsize": 0.05, "random_start": True, "restarts": 0},
+        bounds={"steps": (1, 1_000_000), "rel_stepsize": (1e-9, None), "restarts": (0, 10_000)},
     )
     minimization: ClassVar[bool] = False
 
@@ -90,6 +91,7 @@ class DeepFoolAttack:
         description="foolbox L2 DeepFool: minimal-distance attack, one run gives a whole curve",
         reference="Moosavi-Dezfooli et al. (2016); foolbox.attacks.L2DeepFoolAttack",
         params={"steps": 100, "overshoot": 0.02},
+        bounds={"steps": (1, 1_000_000), "overshoot": (0.0, None)},
     )
     minimization: ClassVar[bool] = True
 

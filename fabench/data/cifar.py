@@ -158,6 +158,9 @@ class CIFAR10Images:
         "n_train": 0,  # 0 = every image in the batches; else a seeded class-balanced subset
         "n_test": 0,
     }
+    bounds: ClassVar[Mapping[str, tuple[float | None, float | None]]] = {
+        "positive_classes": (0, 9), "n_train": (0, None), "n_test": (0, None),
+    }
 
     def load(
         self, params: Params, *, seed: int, data_dir: str | None, progress: ProgressFn

@@ -71,10 +71,10 @@ def read_file(root: Path, name: str, md5: str, *, verified: list[str]) -> bytes:
     gz = root / SUBDIR / name
     unpacked = gz.with_suffix("")  # what torchvision leaves after unpacking
     if not gz.is_file() and unpacked.is_file():
-        try:
-            return unpacked.read_bytes()  # no official checksum for unpacked files: the idx header is checked
-        except OSError as exc:
-            raise store.guarded("MNIST", unpacked, hint)(exc) from None
+        # There is no official checksum of an unpacked file, so it cannot be verified: refused
+        # rather than reported as the official data.
+        raise DataError(f"MNIST: found {unpacked} but not {gz.name}, and only the official gzip files can be "
+                        f"verified (md5); put {gz.name} next to it; {hint}")
     if not gz.is_file():
         store.download_verified([m + name for m in mirrors()], gz, md5, what="MNIST", hint=hint)
     try:
@@ -116,6 +116,9 @@ class MNISTDigits:
         "positive_classes": (0, 1, 2, 3, 4),
         "n_train": 0,  # 0 = all 60000; else a seeded class-balanced subset
         "n_test": 0,  # 0 = all 10000
+    }
+    bounds: ClassVar[Mapping[str, tuple[float | None, float | None]]] = {
+        "positive_classes": (0, 9), "n_train": (0, None), "n_test": (0, None),
     }
 
     def load(

@@ -17,6 +17,9 @@ from fabench.errors import ConfigError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
 
+#: The most memory (bytes) the synthetic data may take; larger sizes are refused before allocation.
+MEMORY_BUDGET = 4 * 2**30
+
 
 def orthogonal_centres(k: int, d: int, *, generator: torch.Generator) -> torch.Tensor:
     """``k`` random pairwise-orthogonal vectors of norm ``sqrt(d)`` in ``R^d`` (rows)."""
@@ -51,6 +54,10 @@ class SyntheticClusters:
         "sigma": 1.0,
         "positive_classes": (),
     }
+    bounds: ClassVar[Mapping[str, tuple[float | None, float | None]]] = {
+        "k": (2, 100_000), "d": (1, 100_000_000), "n_train": (1, 100_000_000), "n_test": (1, 100_000_000),
+        "sigma": (0.0, None), "positive_classes": (0, 99_999),
+    }
 
     def load(
         self, params: Params, *, seed: int, data_dir: str | None, progress: ProgressFn
@@ -61,6 +68,12 @@ class SyntheticClusters:
         if k < 2 or d < 1 or n_train < 1 or n_test < 1 or sigma < 0:
             raise ConfigError(
                 f"synthetic task needs k >= 2, d, n_train, n_test >= 1 and sigma >= 0 (got {dict(params)})"
+            )
+        size = (n_train + n_test + k) * d * 4
+        if size > MEMORY_BUDGET:
+            raise ConfigError(
+                f"synthetic task: (n_train + n_test + k) * d = {(n_train + n_test + k) * d:,} float32 values "
+                f"({size / 2**30:.1f} GiB) exceed fabench's budget of {MEMORY_BUDGET / 2**30:.0f} GiB"
             )
         pos = tuple(int(j) for j in params["positive_classes"]) or tuple(range(k // 2))
         if not all(0 <= j < k for j in pos) or len(set(pos)) in (0, k):

@@ -45,6 +45,16 @@ BACKBONE_PARAMS: dict[str, Any] = {
     "backbone_threat_model": "L2",
 }
 
+#: Declared ranges and choices of :data:`BACKBONE_PARAMS` (merged into the recipes' metadata).
+BACKBONE_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "backbone_epochs": (0, 10_000), "backbone_lr": (0.0, None), "backbone_batch_size": (1, 1_000_000),
+    "backbone_width": (1, 4096),
+}
+BACKBONE_CHOICES: dict[str, tuple[Any, ...]] = {
+    "backbone_augment": ("none", "crop", "flip", "crop+flip"),
+    "backbone_threat_model": ("L2", "Linf", "corruptions"),
+}
+
 #: The parameters that determine a trained backbone (its cache key).
 TRAINED_BACKBONE_KEYS = ("backbone_epochs", "backbone_lr", "backbone_batch_size", "backbone_augment")
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fabench import registry
 from fabench.models import BinaryHead, Classifier
-from fabench.models.backbones import BACKBONE_PARAMS
+from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.common import setup_head
 from fabench.recipes.training import descend
 from fabench.types import FitContext, Meta, Params, TaskData
@@ -26,6 +26,10 @@ GD_PARAMS: dict[str, Any] = {
     "optimizer": "gd",
     "batch_size": 0,
 }
+GD_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "lr": (0.0, None), "steps": (0, 10_000_000), "init_std": (0.0, None), "batch_size": (0, None),
+}
+GD_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("gd", "adam")}
 
 
 @registry.recipes.register
@@ -35,6 +39,8 @@ class BinaryRecipe:
         description="two-layer ReLU net, m+m neurons, fixed second layer, logistic loss, full-batch GD",
         reference="Li, Pan, Lyu, Li (ICLR 2025), main result (feature averaging)",
         params={"m": 5, "bias": True, **GD_PARAMS, **BACKBONE_PARAMS},
+        bounds={"m": (1, 1_000_000), **GD_BOUNDS, **BACKBONE_BOUNDS},
+        choices={**GD_CHOICES, **BACKBONE_CHOICES},
     )
 
     def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from fabench import registry
 from fabench.models import Classifier, FineHead
-from fabench.models.backbones import BACKBONE_PARAMS
-from fabench.recipes.binary import GD_PARAMS
+from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
+from fabench.recipes.binary import GD_BOUNDS, GD_CHOICES, GD_PARAMS
 from fabench.recipes.common import setup_head
 from fabench.recipes.training import descend
 from fabench.types import FitContext, Meta, Params, TaskData
@@ -30,6 +30,8 @@ class FineRecipe:
         "binary decision by log-sum-exp difference",
         reference="Li, Pan, Lyu, Li (ICLR 2025), feature decoupling with fine-grained labels",
         params={"h": 1, "bias": False, **GD_PARAMS, **BACKBONE_PARAMS},
+        bounds={"h": (1, 1_000_000), **GD_BOUNDS, **BACKBONE_BOUNDS},
+        choices={**GD_CHOICES, **BACKBONE_CHOICES},
     )
 
     def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:

@@ -18,7 +18,7 @@ from typing import ClassVar
 from fabench import registry
 from fabench.errors import ConfigError
 from fabench.models import Classifier, RobustHead
-from fabench.models.backbones import BACKBONE_PARAMS
+from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.common import setup_head
 from fabench.types import FitContext, Meta, Params, TaskData
 
@@ -30,6 +30,8 @@ class RobustRecipe:
         description="handcrafted f_robust: one ReLU unit per feature with a noise-filtering bias",
         reference="Li, Pan, Lyu, Li (ICLR 2025), the robust network f_robust",
         params={"bias_fraction": 0.25, "centre": "none", **BACKBONE_PARAMS},
+        bounds={"bias_fraction": (0.0, None), **BACKBONE_BOUNDS},
+        choices={"centre": ("none", "mean"), **BACKBONE_CHOICES},
     )
 
     def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:

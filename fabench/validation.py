@@ -1,0 +1,247 @@
+"""Trust nothing a plugin returns: outcome checks, verified adversarial claims, guarded calls.
+
+fabench runs code it did not write (plugin tasks, recipes, attacks). Before a number from such
+code enters a record it is checked here:
+
+* :func:`validate_outcome`: an :class:`~fabench.types.AttackOutcome` has the right shapes and
+  dtypes, the radii that were asked, no NaN, is monotone in the radius, its ``broken`` agrees
+  with its ``distances`` (a point claimed broken at ``r`` has a distance ``<= r``; for a
+  minimisation attack also the converse), and a distance of 0 only for a point the model already
+  misclassifies. When the attack returns ``adversarials``, every claim is *verified on the
+  model*: the example is misclassified, inside the input bounds and within the claimed distance.
+* :func:`guarded`: an exception raised inside a plugin's ``load``/``fit``/``run`` becomes one
+  :class:`~fabench.errors.PluginError` naming the plugin and its distribution.
+* :func:`check_bounds`: a parameter value against its owner's declared ``Meta.bounds`` and
+  ``Meta.choices``.
+
+Every failure is one :class:`~fabench.errors.FabenchError` line; nothing invalid is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from fabench.errors import ConfigError, FabenchError, InvalidOutcomeError, PluginError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from fabench.models import Classifier
+    from fabench.types import AttackOutcome
+
+BUILTIN_SOURCE = "fabench"
+#: Relative slack when comparing a distance with a radius (float32 round-off); as attacks.base.
+RADIUS_RTOL = 1e-5
+#: Absolute slack (distances are float32; the built-in attacks allow 1e-6 over the radius).
+RADIUS_ATOL = 1e-5
+#: The largest radius grid fabench accepts (every radius is a column of every record).
+MAX_RADII = 10_000
+#: The largest radius accepted: L2 distances beyond it are not a meaningful robustness question
+#: and overflow float32 arithmetic in the attacks.
+MAX_RADIUS = 1e9
+#: Seeds fabench accepts (every generator it seeds takes them, including numpy's).
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def who(kind: str, name: str, source: str) -> str:
+    """``attack 'fgm' (from distribution 'fabench-example-plugin')``, or ``built-in attack 'pgd'``."""
+    if source == BUILTIN_SOURCE:
+        return f"built-in {kind} {name!r}"
+    return f"{kind} {name!r} (from {source if source.startswith('file:') else 'distribution ' + repr(source)})"
+
+
+@contextmanager
+def guarded(kind: str, name: str, source: str, method: str) -> Iterator[None]:
+    """Run a plugin's ``method``; any non-fabench exception becomes one :class:`PluginError`.
+
+    Errors of fabench's own kind (e.g. a ``DataError`` a task raises on purpose) pass unchanged;
+    so do exceptions of built-ins (they are fabench's internal errors, reported as such).
+    """
+    try:
+        yield
+    except FabenchError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        if source == BUILTIN_SOURCE:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise PluginError(f"{who(kind, name, source)} failed in {method}(): {type(exc).__name__}"
+                          + (f": {msg}" if msg else "")) from exc
+
+
+def check_seed(seed: Any, *, what: str = "--seed") -> int:
+    """A seed in :data:`SEED_RANGE`, or a ConfigError."""
+    lo, hi = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed <= hi:
+        raise ConfigError(f"{what} {seed!r}: seeds must be integers in [{lo}, {hi}]")
+    return seed
+
+
+def check_grid_size(start: float, stop: float, step: float, *, what: str) -> int:
+    """The number of points of ``start:stop:step`` (inclusive), refused *before* it is built."""
+    vals = (start, stop, step)
+    if not all(math.isfinite(v) for v in vals) or step <= 0 or stop < start or start < 0:
+        raise ConfigError(f"{what}: bad radius grid start={start} stop={stop} step={step} "
+                          f"(need 0 <= start <= stop, step > 0, all finite)")
+    if stop > MAX_RADIUS:
+        raise ConfigError(f"{what}: radius {stop:g} is above the largest accepted radius {MAX_RADIUS:g}")
+    n = (stop - start) / step + 1
+    if n > MAX_RADII:
+        raise ConfigError(f"{what}: the grid start={start:g} stop={stop:g} step={step:g} has {n:.0f} radii; "
+                          f"at most {MAX_RADII} are accepted")
+    return int(round(n - 1)) + 1
+
+
+def check_bounds(
+    params: Mapping[str, Any],
+    *,
+    owner: str,
+    bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+) -> None:
+    """Every value in its declared closed range and among its declared choices, or a ConfigError.
+
+    A tuple value is checked element by element; a NaN is never in range.
+    """
+    for key, (low, high) in (bounds or {}).items():
+        if key not in params:
+            continue
+        value = params[key]
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            bad = (isinstance(v, float) and math.isnan(v)) or (low is not None and v < low) or (
+                high is not None and v > high)
+            if bad:
+                rng = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+                raise ConfigError(f"{owner}: {key}={value!r} is outside its range {rng}")
+    for key, allowed in (choices or {}).items():
+        if key in params and params[key] not in tuple(allowed):
+            raise ConfigError(f"{owner}: {key}={params[key]!r} is not one of "
+                              f"{', '.join(repr(a) for a in allowed)}")
+
+
+def validate_outcome(
+    out: Any,
+    *,
+    name: str,
+    source: str,
+    radii: Sequence[float],
+    model: "Classifier",
+    x: "torch.Tensor",
+    y: "torch.Tensor",
+    clean_correct: "torch.Tensor",
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    minimization: bool = False,
+) -> bool:
+    """Check one batch's outcome of attack ``name``; returns True when its claims were verified on
+    the model (it returned ``adversarials``). Raises :class:`InvalidOutcomeError` otherwise."""
+    import torch
+
+    from fabench.types import AttackOutcome
+
+    def fail(why: str) -> InvalidOutcomeError:
+        return InvalidOutcomeError(f"{who('attack', name, source)} returned an invalid outcome: {why}; "
+                                   "no record was written")
+
+    n, n_r = len(x), len(radii)
+    if not isinstance(out, AttackOutcome):
+        raise fail(f"expected fabench.types.AttackOutcome, got {type(out).__name__}")
+    try:
+        got_radii = tuple(float(r) for r in out.radii)
+    except (TypeError, ValueError):
+        raise fail("radii are not numbers") from None
+    if len(got_radii) != n_r or any(abs(a - float(b)) > 1e-9 * max(1.0, abs(float(b)))
+                                    for a, b in zip(got_radii, radii)):
+        raise fail(f"radii {list(got_radii)[:6]} differ from those asked {list(radii)[:6]}")
+    b, d = out.broken, out.distances
+    if not isinstance(b, torch.Tensor) or b.dtype != torch.bool:
+        raise fail(f"broken must be a torch.bool tensor, got {getattr(b, 'dtype', type(b).__name__)}")
+    if tuple(b.shape) != (n_r, n):
+        raise fail(f"broken has shape {tuple(b.shape)}, expected (radii, points) = {(n_r, n)}")
+    if not isinstance(d, torch.Tensor) or not d.dtype.is_floating_point:
+        raise fail(f"distances must be a floating-point tensor, got {getattr(d, 'dtype', type(d).__name__)}")
+    if tuple(d.shape) != (n,):
+        raise fail(f"distances has shape {tuple(d.shape)}, expected ({n},)")
+    b, d = b.detach().cpu(), d.detach().cpu().double()
+    correct = clean_correct.detach().cpu()
+    if torch.isnan(d).any():
+        raise fail(f"{int(torch.isnan(d).sum())} distances are NaN (use inf for 'none found')")
+    if (d < 0).any():
+        raise fail("negative distances")
+    if n_r > 1 and (b[:-1] & ~b[1:]).any():
+        raise fail("broken is not monotone in the radius (broken at r but not at a larger r')")
+    if (correct & (d == 0)).any():
+        k = int((correct & (d == 0)).sum())
+        raise fail(f"distance 0 for {k} points the model classifies correctly")
+    r = torch.tensor([float(v) for v in radii], dtype=torch.float64)[:, None]
+    within = d[None, :] <= r * (1 + RADIUS_RTOL) + RADIUS_ATOL
+    below = d[None, :] < r * (1 - RADIUS_RTOL) - RADIUS_ATOL
+    # Judged on correctly classified points: clean errors are broken everywhere by the protocol.
+    claim_without = b & ~within & correct[None, :]
+    if claim_without.any():
+        i, j = claim_without.nonzero()[0].tolist()
+        raise fail(f"point {j} is claimed broken at radius {radii[i]:g} but its distance is {float(d[j]):g}")
+    if minimization:
+        unmarked = ~b & below & correct[None, :]
+        if unmarked.any():
+            i, j = unmarked.nonzero()[0].tolist()
+            raise fail(f"point {j} has distance {float(d[j]):g} but is not marked broken at radius {radii[i]:g}")
+    adv = out.adversarials
+    if adv is None:
+        return False
+    if not isinstance(adv, torch.Tensor) or tuple(adv.shape) != tuple(x.shape):
+        raise fail(f"adversarials must be a tensor shaped like x {tuple(x.shape)}, "
+                   f"got {tuple(getattr(adv, 'shape', ()))}")
+    claimed = correct & torch.isfinite(d)
+    if claimed.any():
+        idx = claimed.nonzero().squeeze(1)
+        a = adv.detach().to(x.dtype)[idx]
+        if not torch.isfinite(a.flatten(1)).all():
+            raise fail("an adversarial example of a point with a finite distance is not finite")
+        lo, hi = bounds
+        if (a < lo - 1e-6).any() or (a > hi + 1e-6).any():
+            raise fail(f"an adversarial example leaves the input bounds [{lo}, {hi}]")
+        norms = (a - x[idx]).flatten(1).norm(dim=1).double()
+        far = norms > d[idx] * (1 + RADIUS_RTOL) + RADIUS_ATOL
+        if far.any():
+            j = int(idx[far.nonzero()[0, 0]])
+            raise fail(f"the adversarial example of point {j} is at distance {float(norms[far][0]):g}, "
+                       f"not the claimed {float(d[j]):g}")
+        with torch.no_grad():
+            still = model.correct(a, y[idx].to(a.device) if y.device != a.device else y[idx]).cpu()
+        if still.any():
+            j = int(idx[still.nonzero()[0, 0]])
+            raise fail(f"the adversarial example claimed for point {j} is classified correctly by the model")
+    return True
+
+
+def check_outcome(
+    out: Any, spec: Any, model: "Classifier", x: "torch.Tensor", y: "torch.Tensor",
+    clean_correct: "torch.Tensor", radii: Sequence[float], data: Any,
+) -> bool:
+    """:func:`validate_outcome` for one batch of a :class:`~fabench.protocol.AttackSpec`."""
+    meta = getattr(spec.attack, "meta", None)
+    return validate_outcome(
+        out, name=spec.name, source=str(getattr(meta, "source", BUILTIN_SOURCE)), radii=radii, model=model,
+        x=x, y=y, clean_correct=clean_correct, bounds=tuple(data.bounds),
+        minimization=bool(getattr(spec.attack, "minimization", False)),
+    )
+
+
+class GuardedAttack:
+    """A plugin attack whose ``run`` turns any exception into a :class:`PluginError`."""
+
+    def __init__(self, attack: Any, name: str, source: str) -> None:
+        self._attack, self._name, self._source = attack, name, source
+        self.meta = attack.meta
+        self.minimization = bool(getattr(attack, "minimization", False))
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with guarded("attack", self._name, self._source, "run"):
+            return self._attack.run(*args, **kwargs)
