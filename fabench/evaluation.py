@@ -62,6 +62,8 @@ class Resolved:
     headline: tuple[float, ...]
     config: dict[str, Any]
     key: str
+    task_recipe_defaults: dict[str, Any] = field(default_factory=dict)
+    """The recipe parameters the task file set (its ``[recipe_defaults]``), before ``--set``."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Versions and code hashes of fabench and of every distribution providing a part (decides reuse)."""
 
@@ -151,6 +153,9 @@ def resolve(cfg: RunConfig) -> Resolved:
                             choices=task.meta.choices)
     defaults_for = getattr(task, "defaults_for", None)  # task files have them; plugin tasks may not
     task_recipe_defaults = defaults_for(recipe_entry.name, recipe.meta.params) if defaults_for else {}
+    if not getattr(recipe, "inherit_task_defaults", True):  # a recipe may opt out of the task file's "*" table
+        task_recipe_defaults = {k: v for k, v in task_recipe_defaults.items()
+                                if k in getattr(task, "recipe_defaults", {}).get(recipe_entry.name, {})}
     recipe_params = effective_params(
         P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}",
                   bounds=recipe.meta.bounds, choices=recipe.meta.choices)
@@ -180,7 +185,7 @@ def resolve(cfg: RunConfig) -> Resolved:
     prov = provenance({"task": (task.meta.source, task), "recipe": (recipe_entry.source, recipe),
                        **{f"attack {e.name}": (e.source, e.obj) for e in attack_entries}})
     return Resolved(task, task_name, task_params, recipe, recipe_entry.name, recipe_params, specs,
-                    radii, headline, config, config_key(config), prov)
+                    radii, headline, config, config_key(config), dict(task_recipe_defaults), prov)
 
 
 def evaluate(
