@@ -69,6 +69,12 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
         f"task {rec.task} · recipe {rec.recipe} · seed {rec.seed} · {rec.n_eval} test points attacked"
         + (" · reused finished record" if reused else ""),
     ]
+    inherited = getattr(rec, "task_recipe_defaults", {}) or {}
+    if inherited:
+        lines.append("recipe parameters from the task file: "
+                     + ", ".join(f"{k}={v!r}" for k, v in sorted(inherited.items())))
+    if getattr(rec, "verified_attacks", None):
+        lines.append("claims verified on the model: " + ", ".join(rec.verified_attacks))
     if rec.data_info.get("data_subset"):
         lines.append(f"NOTE: data subset ({rec.data_info.get('n_train')} train / {rec.data_info.get('n_test')} test)")
     lines.append(

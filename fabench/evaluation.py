@@ -276,6 +276,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         sources=dict(res.config["sources"]),
         provenance=dict(res.provenance),
         verified_attacks=sorted(a for a, ok in result.verified.items() if ok),
+        task_recipe_defaults=dict(res.task_recipe_defaults),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
     )

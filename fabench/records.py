@@ -92,6 +92,8 @@ class Record:
     """fabench's and every providing distribution's version and code hash (see :mod:`fabench.provenance`)."""
     verified_attacks: list[str] = field(default_factory=list)
     """Attacks whose every claim came with an adversarial example that fabench checked on the model."""
+    task_recipe_defaults: dict[str, Any] = field(default_factory=dict)
+    """Recipe parameters the task file set (``[recipe_defaults]``), before ``--set`` (for the report)."""
 
     @property
     def params(self) -> dict[str, Any]:
