@@ -136,7 +136,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
                                      notice=_notice)
     except RecordWriteError as exc:
         if exc.fallback is None and isinstance(exc.record, Record):  # nowhere to keep it: print it
-            out.write(json.dumps(exc.record.to_json()) + "\n")
+            out.write(json.dumps(exc.record.to_json(), default=str) + "\n")
         raise
     if not args.quiet or not args.json:
         human.write(format_record(rec, reused=reused, path=path) + "\n")

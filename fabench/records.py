@@ -206,10 +206,12 @@ def write_record_or_keep(record: Record, out_dir: Path) -> Path:
         return write_record(record, out_dir)
     except OSError as exc:
         reason = exc.strerror or str(exc)
+    except Exception as exc:  # e.g. a plugin's model_info that JSON cannot encode
+        reason = f"{type(exc).__name__}: {exc}"
     fallback = Path(tempfile.gettempdir()) / f"fabench-unsaved-{record.task}-{record.recipe}-seed{record.seed}-{record.key[:16]}.json"
     try:
-        write_atomic(fallback, json.dumps(record.to_json(), indent=1) + "\n")
-    except OSError:
+        write_atomic(fallback, json.dumps(record.to_json(), indent=1, default=str) + "\n")
+    except Exception:
         raise RecordWriteError(f"cannot write the record to {str(out_dir)!r} ({reason}); nothing else was "
                                "writable either, so the record is printed on stdout", record=record) from None
     raise RecordWriteError(f"cannot write the record to {str(out_dir)!r} ({reason}); it was kept in "
