@@ -105,13 +105,23 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
     return "\n".join(lines)
 
 
+def _allowed(meta: Any, key: str) -> str:
+    """`` in [lo, hi]`` or `` in {a|b}`` for ``fabench list -v`` (the declared range of a parameter)."""
+    if key in meta.choices:
+        return " {" + "|".join(str(c) for c in meta.choices[key]) + "}"
+    if key in meta.bounds:
+        lo, hi = meta.bounds[key]
+        return f" [{'-inf' if lo is None else format(lo, 'g')}..{'inf' if hi is None else format(hi, 'g')}]"
+    return ""
+
+
 # -- commands --------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     kinds = [args.kind] if args.kind else list(registry.REGISTRIES)
     for kind in kinds:
         reg = registry.REGISTRIES[kind]
         rows = [[e.name, e.source, e.meta.description,
-                 ", ".join(f"{k}={v!r}" for k, v in e.meta.params.items()) if args.verbose else ""]
+                 ", ".join(f"{k}={v!r}{_allowed(e.meta, k)}" for k, v in e.meta.params.items()) if args.verbose else ""]
                 for e in reg.entries(args.pattern)]
         out.write(f"{kind}:\n")
         hdr = ["name", "from", "description"] + (["parameters (defaults)"] if args.verbose else [])
