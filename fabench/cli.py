@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fabench",
         description="Feature averaging and its cost in L2 robustness (Li, Pan, Lyu, Li, ICLR 2025).",
+        epilog="Every error is one line (exit 2: bad input, 1: internal). --traceback (anywhere on the "
+               "command line) or FABENCH_DEBUG=1 also prints the full trace.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
