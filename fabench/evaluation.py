@@ -15,8 +15,9 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 from fabench import params as P
 from fabench import registry
-from fabench.errors import ConfigError, UnknownNameError
+from fabench.errors import ConfigError, PluginError, UnknownNameError
 from fabench.metrics import feature_report
+from fabench.models import Classifier
 from fabench.models.backbones import effective_params
 from fabench.protocol import AttackSpec, check_radii, run_protocol
 from fabench.provenance import describe_change, provenance
@@ -25,8 +26,8 @@ from fabench.records import (
     write_record_or_keep,
 )
 from fabench.taskfiles import load_task_file
-from fabench.types import Attack, FitContext, ProgressFn, Task, no_progress
-from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded
+from fabench.types import Attack, FitContext, ProgressFn, Task, TaskData, no_progress
+from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded, who
 
 DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
 
@@ -224,11 +225,17 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     t0 = time.perf_counter()
     with guarded("task", res.task_name, res.task.meta.source, "load"):
         data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir, progress=progress)
+        if not isinstance(data, TaskData):
+            raise PluginError(f"{who('task', res.task_name, res.task.meta.source)} returned "
+                              f"{type(data).__name__}, not a fabench.types.TaskData")
     timings["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir)
     with guarded("recipe", res.recipe_name, res.recipe.meta.source, "fit"):
         model = res.recipe.fit(data, res.recipe_params, context=context)
+        if not isinstance(model, Classifier):
+            raise PluginError(f"{who('recipe', res.recipe_name, res.recipe.meta.source)} returned "
+                              f"{type(model).__name__}, not a fabench.models.Classifier")
         model.eval()
     timings["train"] = time.perf_counter() - t0
     # Stages inside the recipe (backbone training, feature extraction) report their own times.
