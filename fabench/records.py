@@ -1,8 +1,10 @@
 """Result records: one JSON file per (task, recipe, seed, full configuration).
 
 A record holds the full resolved configuration (so every result is reproducible from it), the
-numbers, timings and versions. Its ``key`` is a hash of the configuration alone, so a rerun with
-the same configuration finds the finished record and reuses it. Files are written atomically
+numbers, timings and versions. Its ``key`` is a hash of the configuration alone (it names the
+file), so a rerun with the same configuration finds the finished record; it is reused only when
+its ``provenance`` (versions and code hashes, :mod:`fabench.provenance`) is the current one, and
+recomputed (same file) otherwise. Files are written atomically
 (temporary file in the same directory, then ``os.replace``): an interrupted run leaves no partial
 record. Radii are JSON object keys formatted with :func:`radius_key`.
 """
