@@ -294,7 +294,8 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError(f"no result records below {str(results)!r}")
     if args.out:
         written = leaderboard.publish(board, Path(args.out).expanduser(),
-                                      formats=formats or leaderboard.FORMATS, figures=not args.no_figures)
+                                      formats=formats or leaderboard.FORMATS, figures=not args.no_figures,
+                                      records_dir=results)
         for path in written:
             out.write(f"wrote {path}\n")
     else:

@@ -221,9 +221,11 @@ def markdown_table(table: TaskTable) -> str:
     return out
 
 
-def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> str:
+def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+                    records_dir: str | None = None) -> str:
     """The whole leaderboard page. ``figures`` maps a task (or ``""`` for the page top) to
-    ``(alt text, relative path)`` pairs to embed."""
+    ``(alt text, relative path)`` pairs to embed; ``records_dir`` is where the records are (said
+    on the page only when given)."""
     figs = figures or {}
     n_records = sum(len(g.records) for g in board.groups)
     lines = [
@@ -239,7 +241,7 @@ def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[
         "points of the smallest adversarial distance any attack found; the *FA score* is 1 for "
         "feature averaging (every unit equally aligned with all its class's features) and 0 for "
         "decoupled features. *config* is the first 8 hex digits of the configuration key without "
-        "the seed; the records are in `records/`.",
+        "the seed" + (f"; the records are in `{records_dir}`." if records_dir else "."),
         "",
     ]
     lines += [f"![{alt}]({path})" for alt, path in figs.get("", ())] + ([""] if figs.get("") else [])
@@ -318,8 +320,18 @@ def render(board: Leaderboard, *, fmt: str = "markdown") -> str:
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
+def _where(records_dir: Path | None, out_dir: Path) -> str | None:
+    """``records/`` when the records lie below ``out_dir`` (as published), else their path."""
+    if records_dir is None:
+        return None
+    try:
+        return records_dir.resolve().relative_to(out_dir.resolve()).as_posix() + "/"
+    except ValueError:
+        return str(records_dir)
+
+
 def publish(board: Leaderboard, out_dir: Path, *, formats: Sequence[str] = FORMATS,
-            figures: bool = True) -> list[Path]:
+            figures: bool = True, records_dir: Path | None = None) -> list[Path]:
     """Write the leaderboard into ``out_dir``: ``README.md`` (markdown, embedding the figures),
     ``leaderboard.csv``, ``leaderboard.json`` (as chosen by ``formats``) and, with ``figures``,
     ``figures/*.png|svg`` (stale ``.png``/``.svg`` files there are removed). Returns the written
@@ -340,7 +352,8 @@ def publish(board: Leaderboard, out_dir: Path, *, formats: Sequence[str] = FORMA
             links[where] = [(alt, p.relative_to(out_dir).as_posix()) for alt, p in items if p.suffix == ".svg"]
         written += sorted(keep)
     for fmt in formats:
-        text = render_markdown(board, figures=links) if fmt == "markdown" else render(board, fmt=fmt)
+        text = (render_markdown(board, figures=links, records_dir=_where(records_dir, out_dir))
+                if fmt == "markdown" else render(board, fmt=fmt))
         path = out_dir / TABLE_FILES[fmt]
         write_atomic(path, text)
         written.append(path)
