@@ -122,7 +122,9 @@ class Record:
     @classmethod
     def from_json(cls, obj: Any) -> "Record":
         if not isinstance(obj, Mapping):
-            raise ConfigError(f"not a fabench record (a JSON {type(obj).__name__}, not an object)")
+            kind = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+                    list: "array"}.get(type(obj), type(obj).__name__)
+            raise ConfigError(f"not a fabench record (a JSON {kind}, not an object)")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = {"task", "recipe", "seed", "config", "robust_accuracy", "radii", "attacks",
                    "clean_accuracy"} - set(obj)
