@@ -69,6 +69,12 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
         f"task {rec.task} · recipe {rec.recipe} · seed {rec.seed} · {rec.n_eval} test points attacked"
         + (" · reused finished record" if reused else ""),
     ]
+    inherited = getattr(rec, "task_recipe_defaults", {}) or {}
+    if inherited:
+        lines.append("recipe parameters from the task file: "
+                     + ", ".join(f"{k}={v!r}" for k, v in sorted(inherited.items())))
+    if getattr(rec, "verified_attacks", None):
+        lines.append("claims verified on the model: " + ", ".join(rec.verified_attacks))
     if rec.data_info.get("data_subset"):
         lines.append(f"NOTE: data subset ({rec.data_info.get('n_train')} train / {rec.data_info.get('n_test')} test)")
     lines.append(
@@ -99,13 +105,23 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
     return "\n".join(lines)
 
 
+def _allowed(meta: Any, key: str) -> str:
+    """`` in [lo, hi]`` or `` in {a|b}`` for ``fabench list -v`` (the declared range of a parameter)."""
+    if key in meta.choices:
+        return " {" + "|".join(str(c) for c in meta.choices[key]) + "}"
+    if key in meta.bounds:
+        lo, hi = meta.bounds[key]
+        return f" [{'-inf' if lo is None else format(lo, 'g')}..{'inf' if hi is None else format(hi, 'g')}]"
+    return ""
+
+
 # -- commands --------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     kinds = [args.kind] if args.kind else list(registry.REGISTRIES)
     for kind in kinds:
         reg = registry.REGISTRIES[kind]
         rows = [[e.name, e.source, e.meta.description,
-                 ", ".join(f"{k}={v!r}" for k, v in e.meta.params.items()) if args.verbose else ""]
+                 ", ".join(f"{k}={v!r}{_allowed(e.meta, k)}" for k, v in e.meta.params.items()) if args.verbose else ""]
                 for e in reg.entries(args.pattern)]
         out.write(f"{kind}:\n")
         hdr = ["name", "from", "description"] + (["parameters (defaults)"] if args.verbose else [])
@@ -130,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
                                      notice=_notice)
     except RecordWriteError as exc:
         if exc.fallback is None and isinstance(exc.record, Record):  # nowhere to keep it: print it
-            out.write(json.dumps(exc.record.to_json()) + "\n")
+            out.write(json.dumps(exc.record.to_json(), default=str) + "\n")
         raise
     if not args.quiet or not args.json:
         human.write(format_record(rec, reused=reused, path=path) + "\n")
@@ -281,7 +297,8 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
 
         target = Path(args.out).expanduser()
         written = leaderboard.publish(board, target, formats=formats or leaderboard.FORMATS,
-                                      figures=not args.no_figures, sweep_file=sweep_producing(results, target))
+                                      figures=not args.no_figures, sweep_file=sweep_producing(results, target),
+                                      records_dir=results)
         for path in written:
             out.write(f"wrote {path}\n")
     else:
@@ -386,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fabench",
         description="Feature averaging and its cost in L2 robustness (Li, Pan, Lyu, Li, ICLR 2025).",
+        epilog="Every error is one line (exit 2: bad input, 1: internal). --traceback (anywhere on the "
+               "command line) or FABENCH_DEBUG=1 also prints the full trace.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -15,8 +15,9 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 from fabench import params as P
 from fabench import registry
-from fabench.errors import ConfigError, UnknownNameError
+from fabench.errors import ConfigError, PluginError, UnknownNameError
 from fabench.metrics import feature_report
+from fabench.models import Classifier
 from fabench.models.backbones import effective_params
 from fabench.protocol import AttackSpec, check_radii, run_protocol
 from fabench.provenance import describe_change, provenance
@@ -25,8 +26,8 @@ from fabench.records import (
     write_record_or_keep,
 )
 from fabench.taskfiles import load_task_file
-from fabench.types import Attack, FitContext, ProgressFn, Task, no_progress
-from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded
+from fabench.types import Attack, FitContext, ProgressFn, Task, TaskData, no_progress
+from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded, who
 
 DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
 
@@ -62,6 +63,8 @@ class Resolved:
     headline: tuple[float, ...]
     config: dict[str, Any]
     key: str
+    task_recipe_defaults: dict[str, Any] = field(default_factory=dict)
+    """The recipe parameters the task file set (its ``[recipe_defaults]``), before ``--set``."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Versions and code hashes of fabench and of every distribution providing a part (decides reuse)."""
 
@@ -151,6 +154,9 @@ def resolve(cfg: RunConfig) -> Resolved:
                             choices=task.meta.choices)
     defaults_for = getattr(task, "defaults_for", None)  # task files have them; plugin tasks may not
     task_recipe_defaults = defaults_for(recipe_entry.name, recipe.meta.params) if defaults_for else {}
+    if not getattr(recipe, "inherit_task_defaults", True):  # a recipe may opt out of the task file's "*" table
+        task_recipe_defaults = {k: v for k, v in task_recipe_defaults.items()
+                                if k in getattr(task, "recipe_defaults", {}).get(recipe_entry.name, {})}
     recipe_params = effective_params(
         P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}",
                   bounds=recipe.meta.bounds, choices=recipe.meta.choices)
@@ -180,7 +186,7 @@ def resolve(cfg: RunConfig) -> Resolved:
     prov = provenance({"task": (task.meta.source, task), "recipe": (recipe_entry.source, recipe),
                        **{f"attack {e.name}": (e.source, e.obj) for e in attack_entries}})
     return Resolved(task, task_name, task_params, recipe, recipe_entry.name, recipe_params, specs,
-                    radii, headline, config, config_key(config), prov)
+                    radii, headline, config, config_key(config), dict(task_recipe_defaults), prov)
 
 
 def evaluate(
@@ -219,11 +225,17 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     t0 = time.perf_counter()
     with guarded("task", res.task_name, res.task.meta.source, "load"):
         data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir, progress=progress)
+        if not isinstance(data, TaskData):
+            raise PluginError(f"{who('task', res.task_name, res.task.meta.source)} returned "
+                              f"{type(data).__name__}, not a fabench.types.TaskData")
     timings["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir)
     with guarded("recipe", res.recipe_name, res.recipe.meta.source, "fit"):
         model = res.recipe.fit(data, res.recipe_params, context=context)
+        if not isinstance(model, Classifier):
+            raise PluginError(f"{who('recipe', res.recipe_name, res.recipe.meta.source)} returned "
+                              f"{type(model).__name__}, not a fabench.models.Classifier")
         model.eval()
     timings["train"] = time.perf_counter() - t0
     # Stages inside the recipe (backbone training, feature extraction) report their own times.
@@ -271,6 +283,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         sources=dict(res.config["sources"]),
         provenance=dict(res.provenance),
         verified_attacks=sorted(a for a, ok in result.verified.items() if ok),
+        task_recipe_defaults=dict(res.task_recipe_defaults),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
     )

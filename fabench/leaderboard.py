@@ -223,10 +223,11 @@ def markdown_table(table: TaskTable) -> str:
 
 
 def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[str, str]]] | None = None,
-                    sweep: str | None = None) -> str:
+                    sweep: str | None = None, records_dir: str | None = None) -> str:
     """The whole leaderboard page. ``figures`` maps a task (or ``""`` for the page top) to
     ``(alt text, relative path)`` pairs to embed; ``sweep`` is the sweep file (relative to the
-    page) that produced the records, if any."""
+    page) that produced the records, if any; ``records_dir`` is where the records are (said on the
+    page only when given)."""
     figs = figures or {}
     n_records = sum(len(g.records) for g in board.groups)
     lines = [
@@ -244,7 +245,7 @@ def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[
         "points of the smallest adversarial distance any attack found; the *FA score* is 1 for "
         "feature averaging (every unit equally aligned with all its class's features) and 0 for "
         "decoupled features. *config* is the first 8 hex digits of the configuration key without "
-        "the seed; the records are in `records/`.",
+        "the seed" + (f"; the records are in `{records_dir}`." if records_dir else "."),
         "",
     ]
     lines += [f"![{alt}]({path})" for alt, path in figs.get("", ())] + ([""] if figs.get("") else [])
@@ -323,8 +324,19 @@ def render(board: Leaderboard, *, fmt: str = "markdown") -> str:
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
+def _where(records_dir: Path | None, out_dir: Path) -> str | None:
+    """``records/`` when the records lie below ``out_dir`` (as published), else their path."""
+    if records_dir is None:
+        return None
+    try:
+        return records_dir.resolve().relative_to(out_dir.resolve()).as_posix() + "/"
+    except ValueError:
+        return str(records_dir)
+
+
 def publish(board: Leaderboard, out_dir: Path, *, formats: Sequence[str] = FORMATS,
-            figures: bool = True, sweep_file: Path | None = None) -> list[Path]:
+            figures: bool = True, sweep_file: Path | None = None,
+            records_dir: Path | None = None) -> list[Path]:
     """Write the leaderboard into ``out_dir``: ``README.md`` (markdown, embedding the figures and
     naming ``sweep_file``, the sweep that produced the records, if given), ``leaderboard.csv``,
     ``leaderboard.json`` (as chosen by ``formats``) and, with ``figures``, ``figures/*.png|svg``
@@ -346,7 +358,8 @@ def publish(board: Leaderboard, out_dir: Path, *, formats: Sequence[str] = FORMA
         written += sorted(keep)
     for fmt in formats:
         sweep = os.path.relpath(sweep_file, out_dir).replace(os.sep, "/") if sweep_file else None
-        text = render_markdown(board, figures=links, sweep=sweep) if fmt == "markdown" else render(board, fmt=fmt)
+        text = (render_markdown(board, figures=links, sweep=sweep, records_dir=_where(records_dir, out_dir))
+                if fmt == "markdown" else render(board, fmt=fmt))
         path = out_dir / TABLE_FILES[fmt]
         write_atomic(path, text)
         written.append(path)

@@ -88,7 +88,10 @@ def provenance(providers: Mapping[str, tuple[str, Any]]) -> dict[str, dict[str, 
         module = type(obj).__module__ if not isinstance(obj, type) else obj.__module__
         if module in sys.builtin_module_names:
             module = ""
-        out[source] = {"version": dist_version(source), "code": package_hash(module) if module else "unknown"}
+        code = package_hash(module) if module else "unknown"
+        if module.partition(".")[0] == BUILTIN and path:  # e.g. a plugin's task file loaded by fabench
+            code = file_hash(str(path))
+        out[source] = {"version": dist_version(source), "code": code}
     return out
 
 

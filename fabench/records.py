@@ -1,8 +1,10 @@
 """Result records: one JSON file per (task, recipe, seed, full configuration).
 
 A record holds the full resolved configuration (so every result is reproducible from it), the
-numbers, timings and versions. Its ``key`` is a hash of the configuration alone, so a rerun with
-the same configuration finds the finished record and reuses it. Files are written atomically
+numbers, timings and versions. Its ``key`` is a hash of the configuration alone (it names the
+file), so a rerun with the same configuration finds the finished record; it is reused only when
+its ``provenance`` (versions and code hashes, :mod:`fabench.provenance`) is the current one, and
+recomputed (same file) otherwise. Files are written atomically
 (temporary file in the same directory, then ``os.replace``): an interrupted run leaves no partial
 record. Radii are JSON object keys formatted with :func:`radius_key`.
 """
@@ -92,6 +94,8 @@ class Record:
     """fabench's and every providing distribution's version and code hash (see :mod:`fabench.provenance`)."""
     verified_attacks: list[str] = field(default_factory=list)
     """Attacks whose every claim came with an adversarial example that fabench checked on the model."""
+    task_recipe_defaults: dict[str, Any] = field(default_factory=dict)
+    """Recipe parameters the task file set (``[recipe_defaults]``), before ``--set`` (for the report)."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -118,7 +122,9 @@ class Record:
     @classmethod
     def from_json(cls, obj: Any) -> "Record":
         if not isinstance(obj, Mapping):
-            raise ConfigError(f"not a fabench record (a JSON {type(obj).__name__}, not an object)")
+            kind = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+                    list: "array"}.get(type(obj), type(obj).__name__)
+            raise ConfigError(f"not a fabench record (a JSON {kind}, not an object)")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = {"task", "recipe", "seed", "config", "robust_accuracy", "radii", "attacks",
                    "clean_accuracy"} - set(obj)
@@ -204,10 +210,12 @@ def write_record_or_keep(record: Record, out_dir: Path) -> Path:
         return write_record(record, out_dir)
     except OSError as exc:
         reason = exc.strerror or str(exc)
+    except Exception as exc:  # e.g. a plugin's model_info that JSON cannot encode
+        reason = f"{type(exc).__name__}: {exc}"
     fallback = Path(tempfile.gettempdir()) / f"fabench-unsaved-{record.task}-{record.recipe}-seed{record.seed}-{record.key[:16]}.json"
     try:
-        write_atomic(fallback, json.dumps(record.to_json(), indent=1) + "\n")
-    except OSError:
+        write_atomic(fallback, json.dumps(record.to_json(), indent=1, default=str) + "\n")
+    except Exception:
         raise RecordWriteError(f"cannot write the record to {str(out_dir)!r} ({reason}); nothing else was "
                                "writable either, so the record is printed on stdout", record=record) from None
     raise RecordWriteError(f"cannot write the record to {str(out_dir)!r} ({reason}); it was kept in "

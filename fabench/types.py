@@ -47,7 +47,9 @@ class Meta:
     """Metadata of a registered task, recipe or attack (shown by ``fabench list``).
 
     ``params`` holds every parameter with its default; its values' types are the types that
-    ``--set key=value`` parses to.
+    ``--set key=value`` parses to. ``bounds`` and ``choices`` declare the values each parameter
+    may take; :func:`fabench.params.resolve` refuses others before any work is done (declare them
+    for every parameter, so that no value can silently switch your object off).
     """
 
     name: str
@@ -153,9 +155,19 @@ class Recipe(Protocol):
 class AttackOutcome:
     """What one attack found on ``N`` points for a grid of ``R`` radii.
 
-    ``broken[i, n]`` is True when the attack found an adversarial example for point ``n`` whose
-    L2 distance is at most ``radii[i]`` (so it is monotone in the radius). ``distances[n]`` is the
-    smallest L2 distance of an adversarial example it found (``inf`` if none).
+    ``broken[i, n]`` (``torch.bool``, ``R x N``) is True when the attack found an adversarial
+    example for point ``n`` whose L2 distance is at most ``radii[i]`` (so it is monotone in the
+    radius). ``distances[n]`` (floating point, ``N``) is the smallest L2 distance of an adversarial
+    example it found: ``inf`` if none, never NaN, ``0`` only for a point the model misclassifies.
+
+    fabench validates every outcome before use (:func:`fabench.validation.validate_outcome`): the
+    shapes and dtypes above, ``radii`` equal to those asked, monotone, ``broken[i, n]`` only when
+    ``distances[n] <= radii[i]`` (and, for a minimisation attack, the converse). An invalid outcome
+    is an error naming the attack and its distribution; no record is written.
+
+    **The preferred contract** also returns ``adversarials``: fabench then verifies every claim on
+    the model (misclassified, within the input bounds, within the claimed distance; step just past
+    the boundary) and lists the attack in the record's ``verified_attacks``.
     """
 
     radii: tuple[float, ...]

@@ -63,9 +63,9 @@ def guarded(kind: str, name: str, source: str, method: str) -> Iterator[None]:
         yield
     except FabenchError:
         raise
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # SystemExit too: a plugin must not end fabench silently
         if source == BUILTIN_SOURCE:
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""

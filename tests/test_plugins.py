@@ -117,6 +117,7 @@ def test_fgm_attack_breaks_the_averaged_network(site: Path) -> None:
     curve = [rec.robust_accuracy["fgm"][k] for k in ("0", "2", "4", "8")]
     assert curve == sorted(curve, reverse=True) and curve[0] > 0.9 and curve[-1] < 0.1
     assert rec.median_distance["fgm"] is not None and 0 < rec.median_distance["fgm"] < 8
+    assert rec.verified_attacks == ["fgm"]  # it returns its adversarial examples; fabench checked them
 
 
 def test_broken_plugin_warns_and_the_rest_load(site: Path) -> None:

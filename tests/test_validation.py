@@ -273,3 +273,38 @@ def test_leaderboard_never_averages_another_schema(tmp_path: Path) -> None:
     with pytest.warns(records.RecordWarning, match="schema"):
         got = [r.seed for _, r in records.iter_records(tmp_path)]
     assert got == [0]
+
+
+def test_task_file_recipe_defaults_are_inherited_reported_and_can_be_refused(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabench.cli import format_record
+    from fabench.evaluation import resolve
+    from fabench.types import Meta
+
+    monkeypatch.setenv("FABENCH_NO_PLUGINS", "1")
+    task = tmp_path / "t.toml"
+    task.write_text('kind = "synthetic"\n[params]\nd = 16\nk = 4\nn_train = 40\nn_test = 20\n'
+                    '[radii]\nstart = 0.0\nstop = 2.0\nstep = 1.0\n[recipe_defaults."*"]\nlr = 0.5\ninit_std = 0.01\n'
+                    '[recipe_defaults.mine]\nsteps = 7\n')
+
+    class Mine:
+        meta = Meta(name="mine", description="", params={"lr": 0.1, "steps": 3, "init_std": 1e-5})
+        inherit_task_defaults = True
+
+        def fit(self, *a: object, **k: object) -> None:  # never called here
+            raise AssertionError
+
+    registry.recipes.register(Mine, source="test-dist")
+    try:
+        res = resolve(RunConfig(task=str(task), recipe="mine", attacks=["analytic"]))
+        assert res.recipe_params == {"lr": 0.5, "steps": 7, "init_std": 0.01}
+        assert res.task_recipe_defaults == {"lr": 0.5, "init_std": 0.01, "steps": 7}
+        Mine.inherit_task_defaults = False
+        registry.recipes.register(Mine, source="test-dist")
+        res = resolve(RunConfig(task=str(task), recipe="mine", attacks=["analytic"]))
+        assert res.recipe_params == {"lr": 0.1, "steps": 7, "init_std": 1e-5}  # own table only
+    finally:
+        _reload()
+    rec, _, _ = evaluate(RunConfig(task=str(task), recipe="binary", attacks=["analytic"]), out_dir=tmp_path / "r")
+    assert rec.task_recipe_defaults == {"lr": 0.5, "init_std": 0.01}
+    assert "recipe parameters from the task file: init_std=0.01, lr=0.5" in format_record(rec)
