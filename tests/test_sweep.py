@@ -286,3 +286,19 @@ def test_task_and_recipe_overrides_and_duplicates(tmp_path: Path) -> None:
     assert len(robust) == 4 and all(j.config.attacks == ("analytic",) and j.config.radii == [0.0, 5.0]
                                      for j in robust)
     assert len(by) == len(sw.jobs) == 10
+
+
+def test_an_unreachable_ray_cluster_is_one_line_exit_2_and_nothing_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write(tmp_path / "s.toml", TINY + 'recipes = ["binary"]\n')
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # as good as --ray-address
+    code, out, err = cli(["sweep", str(path)], capsys)
+    assert code == 2 and "1 jobs, 0 finished, 1 to run" in out
+    assert err == f"fabench: error: no Ray cluster reachable at 127.0.0.1:{port}: Connection refused\n"
+    assert not list((tmp_path / "records").rglob("*.json"))
