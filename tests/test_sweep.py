@@ -225,6 +225,12 @@ def test_dry_run_on_the_leaderboard_sweep_lists_every_published_record_as_finish
     lines = [ln for ln in out.splitlines()[1:] if ln.strip()]
     assert len(lines) == 27 and all(ln.startswith("finished ") for ln in lines)
     assert {ln.split()[1] for ln in lines} == {k[:8] for k in published}
+    # deciding that everything is finished neither imports Ray nor computes anything
+    check = ("import sys\nfrom fabench import sweep as S\nsw = S.load_sweep(sys.argv[1])\n"
+             "print(all(S.finished(sw)), 'ray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", check, str(sweep_file)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr
 
 
 @pytest.mark.parametrize(
