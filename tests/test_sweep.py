@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -294,17 +292,16 @@ def test_task_and_recipe_overrides_and_duplicates(tmp_path: Path) -> None:
     assert len(by) == len(sw.jobs) == 10
 
 
-def test_an_unreachable_ray_cluster_is_one_line_exit_2_and_nothing_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
+def test_an_unreachable_ray_cluster_is_one_line_exit_2_and_nothing_runs(tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = write(tmp_path / "s.toml", TINY + 'recipes = ["binary"]\n')
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # as good as --ray-address
-    code, out, err = cli(["sweep", str(path)], capsys)
-    assert code == 2 and "1 jobs, 0 finished, 1 to run" in out
+    # a fresh process (this one may hold the module's Ray); RAY_ADDRESS is as good as --ray-address
+    proc = fabench("sweep", str(path), env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "1 jobs, 0 finished, 1 to run" in out
     assert err == f"fabench: error: no Ray cluster reachable at 127.0.0.1:{port}: Connection refused\n"
     assert not list((tmp_path / "records").rglob("*.json"))
