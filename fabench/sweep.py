@@ -440,6 +440,27 @@ def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
         raise RayStartError(f"no Ray cluster reachable at {address}: {exc.strerror or exc}") from None
 
 
+def _sigterm_as_interrupt() -> Callable[[], None] | None:
+    """While Ray runs, treat SIGTERM (a batch system's stop) like Ctrl-C, so that the jobs in
+    flight are cancelled and Ray is shut down (Ray's own handler aborts the driver and leaves
+    its agent processes behind). Returns the function that restores the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
 def _forwarded_env() -> dict[str, str]:
     """fabench's settings that a remote worker needs to resolve the same configuration."""
     names = ("FABENCH_NO_PLUGINS", "FABENCH_TASKS_PATH", "FABENCH_OFFLINE")
@@ -533,6 +554,7 @@ def _run_on_ray(
             where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray"
             raise RayStartError(f"could not start or connect to {where}: {one_line(exc)}") from None
     result.ray_start_seconds = time.perf_counter() - t0
+    restore = _sigterm_as_interrupt() if started_here else None
     result.mode = f"ray ({'cluster ' + ray_address if ray_address else 'local'})"
     remote = ray.remote(execute)
     window = jobs or len(todo)
@@ -571,3 +593,5 @@ def _run_on_ray(
                 pass
         if started_here:
             ray.shutdown()
+        if restore is not None:
+            restore()

@@ -174,7 +174,10 @@ def test_on_ray_a_raising_plugin_is_retried_once_and_reported_a_killed_worker_re
     assert sorted((r.recipe, r.seed) for r in recs) == [("binary", 0), ("binary", 1), ("exploding", 1)]
 
 
-def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     path = write(tmp_path / "s.toml", TINY.replace("d=64", "d=128")
                  + 'recipes = ["binary", "fine"]\nseeds = [0, 1, 2, 3, 4, 5]\n')
     env = {"OMP_NUM_THREADS": "1"}
@@ -184,7 +187,7 @@ def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest
     assert "12 jobs, 0 finished, 12 to run" in header
     first = proc.stdout.readline()  # the first finished job...
     assert "[1/12] done" in first
-    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C to the driver
+    proc.send_signal(sig)  # ...then Ctrl-C (or a batch system's stop) to the driver
     rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
