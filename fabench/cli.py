@@ -381,6 +381,8 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
         out.flush()
         bar("sweep", ev.finished, ev.total)
 
+    if n_done < n:
+        bar("sweep", n_done, n)  # the overall bar (on a terminal) counts from here
     address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     res = S.run_sweep(sw, jobs=args.jobs, ray_address=address, on_event=on_event)
     ran = len(res.done) + len(res.failed)

@@ -124,6 +124,10 @@ class SweepResult:
 EventFn = Callable[[JobEvent], None]
 
 
+class RayStartError(FabenchError):
+    """Ray could not be started, or the cluster could not be reached (before any job ran)."""
+
+
 def _no_event(event: JobEvent) -> None:
     return None
 
@@ -424,6 +428,39 @@ def _store(sweep: Sweep, job: Job, out: Mapping[str, Any]) -> Path:
     return write_record(record, sweep.out_dir)
 
 
+def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """Fail fast (one line) if a ``host:port`` Ray address has nothing listening: ``ray.init``
+    itself would wait a long time. Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayStartError(f"no Ray cluster reachable at {address}: {exc.strerror or exc}") from None
+
+
+def _sigterm_as_interrupt() -> Callable[[], None] | None:
+    """While Ray runs, treat SIGTERM (a batch system's stop) like Ctrl-C, so that the jobs in
+    flight are cancelled and Ray is shut down (Ray's own handler aborts the driver and leaves
+    its agent processes behind). Returns the function that restores the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
 def _forwarded_env() -> dict[str, str]:
     """fabench's settings that a remote worker needs to resolve the same configuration."""
     names = ("FABENCH_NO_PLUGINS", "FABENCH_TASKS_PATH", "FABENCH_OFFLINE")
@@ -503,14 +540,21 @@ def _run_on_ray(
 
     started_here = not ray.is_initialized()
     t0 = time.perf_counter()
+    if started_here and ray_address:
+        _check_reachable(ray_address)
     if started_here:
-        if ray_address:
-            ray.init(address=ray_address, runtime_env={"env_vars": _forwarded_env()},
-                     logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            ray.init(address="local", num_cpus=jobs or os.cpu_count() or 1, include_dashboard=False,
-                     logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            if ray_address:
+                ray.init(address=ray_address, runtime_env={"env_vars": _forwarded_env()},
+                         logging_level=logging.ERROR, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=jobs or os.cpu_count() or 1, include_dashboard=False,
+                         logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:  # no cluster there, refused, not authorised: one line, nothing ran
+            where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray"
+            raise RayStartError(f"could not start or connect to {where}: {one_line(exc)}") from None
     result.ray_start_seconds = time.perf_counter() - t0
+    restore = _sigterm_as_interrupt() if started_here else None
     result.mode = f"ray ({'cluster ' + ray_address if ray_address else 'local'})"
     remote = ray.remote(execute)
     window = jobs or len(todo)
@@ -549,3 +593,5 @@ def _run_on_ray(
                 pass
         if started_here:
             ray.shutdown()
+        if restore is not None:
+            restore()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -176,7 +174,10 @@ def test_on_ray_a_raising_plugin_is_retried_once_and_reported_a_killed_worker_re
     assert sorted((r.recipe, r.seed) for r in recs) == [("binary", 0), ("binary", 1), ("exploding", 1)]
 
 
-def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     path = write(tmp_path / "s.toml", TINY.replace("d=64", "d=128")
                  + 'recipes = ["binary", "fine"]\nseeds = [0, 1, 2, 3, 4, 5]\n')
     env = {"OMP_NUM_THREADS": "1"}
@@ -186,7 +187,7 @@ def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest
     assert "12 jobs, 0 finished, 12 to run" in header
     first = proc.stdout.readline()  # the first finished job...
     assert "[1/12] done" in first
-    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C to the driver
+    proc.send_signal(sig)  # ...then Ctrl-C (or a batch system's stop) to the driver
     rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
@@ -225,6 +226,12 @@ def test_dry_run_on_the_leaderboard_sweep_lists_every_published_record_as_finish
     lines = [ln for ln in out.splitlines()[1:] if ln.strip()]
     assert len(lines) == 27 and all(ln.startswith("finished ") for ln in lines)
     assert {ln.split()[1] for ln in lines} == {k[:8] for k in published}
+    # deciding that everything is finished neither imports Ray nor computes anything
+    check = ("import sys\nfrom fabench import sweep as S\nsw = S.load_sweep(sys.argv[1])\n"
+             "print(all(S.finished(sw)), 'ray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", check, str(sweep_file)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -286,3 +293,18 @@ def test_task_and_recipe_overrides_and_duplicates(tmp_path: Path) -> None:
     assert len(robust) == 4 and all(j.config.attacks == ("analytic",) and j.config.radii == [0.0, 5.0]
                                      for j in robust)
     assert len(by) == len(sw.jobs) == 10
+
+
+def test_an_unreachable_ray_cluster_is_one_line_exit_2_and_nothing_runs(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write(tmp_path / "s.toml", TINY + 'recipes = ["binary"]\n')
+    # a fresh process (this one may hold the module's Ray); RAY_ADDRESS is as good as --ray-address
+    proc = fabench("sweep", str(path), env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "1 jobs, 0 finished, 1 to run" in out
+    assert err == f"fabench: error: no Ray cluster reachable at 127.0.0.1:{port}: Connection refused\n"
+    assert not list((tmp_path / "records").rglob("*.json"))
