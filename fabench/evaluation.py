@@ -207,16 +207,25 @@ def evaluate(
     res = resolve(cfg)
     check_writable(out_dir)
     if not force:
-        found = find_record(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key)
+        found, why = reusable_record(out_dir, res, seed=cfg.seed)
         if found is not None:
-            why = describe_change(found.provenance, res.provenance)
-            if not why:
-                return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
-            if notice is not None:
-                notice(f"finished record found but {why} since: recomputing")
+            return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
+        if why and notice is not None:
+            notice(f"finished record found but {why} since: recomputing")
     record = compute(cfg, res, progress=progress)
     path = write_record_or_keep(record, out_dir)
     return record, path, False
+
+
+def reusable_record(out_dir: Path, res: Resolved, *, seed: int) -> tuple[Record | None, str]:
+    """The one rule of reuse (``evaluate`` and ``fabench sweep``): the finished record of ``res``'s
+    configuration if its provenance is the current one, else ``(None, why)`` (``why`` is empty when
+    no record of this configuration exists)."""
+    found = find_record(out_dir, res.task_name, res.recipe_name, seed, res.key)
+    if found is None:
+        return None, ""
+    why = describe_change(found.provenance, res.provenance)
+    return (None, why) if why else (found, "")
 
 
 def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:

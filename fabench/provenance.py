@@ -1,7 +1,8 @@
 """Where a result's code came from: versions and code hashes that decide whether a record is reused.
 
 A record's key hashes its configuration; its ``provenance`` says which code computed it: fabench's
-version and a hash of its source files, and for every distribution that provided the task, the
+version and a hash of its source files (less the :data:`PRESENTATION_MODULES`, which cannot change
+a number), and for every distribution that provided the task, the
 recipe or an attack, its version and a hash of the source files of the providing package (for a
 task file, a hash of the file). A finished record is reused only when its provenance equals the
 current one; otherwise :func:`describe_change` says why it is recomputed.
@@ -20,6 +21,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 BUILTIN = "fabench"
+
+#: fabench modules that cannot change a record's numbers (front ends, presentation, scheduling):
+#: left out of fabench's code hash, so that editing them does not invalidate finished records.
+PRESENTATION_MODULES = frozenset({
+    "cli.py", "leaderboard.py", "plots.py", "progress.py", "sweep.py", "api.py", "audit.py", "errors.py",
+    "__init__.py",
+})
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +50,8 @@ def package_hash(module: str) -> str:
         if extra is not None and extra.submodule_search_locations:
             roots += [Path(p) for p in extra.submodule_search_locations]
     for root in roots:
-        files += [f for f in root.rglob("*") if f.suffix in (".py", ".toml") and "__pycache__" not in f.parts]
+        files += [f for f in root.rglob("*") if f.suffix in (".py", ".toml") and "__pycache__" not in f.parts
+                  and not (top == BUILTIN and f.parent == root and f.name in PRESENTATION_MODULES)]
     if not files:
         return "unknown"
     h = hashlib.sha256()

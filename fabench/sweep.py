@@ -78,6 +78,7 @@ class Job:
     device: str
     cpus: float
     path: Path
+    resolved: Any = None  # fabench.evaluation.Resolved: decides reuse (key and provenance)
 
 
 @dataclass
@@ -372,15 +373,16 @@ def load_sweep(
                             label += " [" + " ".join(f"{k}={v}" for k, v in sets) + "]"
                         jobs.append(Job(len(jobs), label, cfg, res.key, res.task_name, res.recipe_name, seed,
                                         dev, cpus, record_path(out_dir, res.task_name, res.recipe_name, seed,
-                                                               res.key)))
+                                                               res.key), res))
     return Sweep(path, out_dir, jobs, duplicates)
 
 
 def finished(sweep: Sweep) -> list[bool]:
-    """For each job, whether its record exists (the same key lookup as ``fabench evaluate``)."""
-    from fabench.records import find_record
+    """For each job, whether a reusable record exists (the rule of ``fabench evaluate``: same key,
+    same provenance, see :func:`fabench.evaluation.reusable_record`)."""
+    from fabench.evaluation import reusable_record
 
-    return [find_record(sweep.out_dir, j.task, j.recipe, j.seed, j.key) is not None for j in sweep.jobs]
+    return [reusable_record(sweep.out_dir, j.resolved, seed=j.seed)[0] is not None for j in sweep.jobs]
 
 
 def sweep_producing(results: Path, directory: Path, *, name: str = "sweep.toml") -> Path | None:
@@ -419,13 +421,17 @@ def one_line(exc: BaseException) -> str:
 
 
 def _store(sweep: Sweep, job: Job, out: Mapping[str, Any]) -> Path:
-    from fabench.records import Record, write_record
+    from fabench.provenance import describe_change
+    from fabench.records import Record, write_record_or_keep
 
     record = Record.from_json(out["record"])
     if record.key != job.key:
         raise ConfigError(f"worker returned a record with key {record.key[:16]}, expected {job.key[:16]} "
                           f"(different fabench version or plugins on the worker?)")
-    return write_record(record, sweep.out_dir)
+    why = describe_change(job.resolved.provenance, record.provenance)
+    if why:
+        raise ConfigError(f"worker on {out.get('host', '?')} runs other code than the driver ({why})")
+    return write_record_or_keep(record, sweep.out_dir)
 
 
 def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
