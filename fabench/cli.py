@@ -140,7 +140,8 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed, attacks=attacks, radii=radii,
-                    n_eval=args.n_eval, overrides=overrides, data_dir=args.data_dir, cache_dir=args.cache_dir)
+                    n_eval=args.n_eval, overrides=overrides, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                    device=args.device, threads=args.threads, batch_size=args.batch_size)
     try:
         rec, path, reused = evaluate(cfg, out_dir=out_dir, force=args.force, progress=bar,
                                      notice=_notice)
@@ -429,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="where real datasets live (default: $FABENCH_DATA or the user cache)")
     ev.add_argument("--cache-dir", help="where trained backbones and features are cached")
     ev.add_argument("--force", action="store_true", help="recompute even if a finished record exists")
+    ev.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps "
+                                     "(default: $FABENCH_DEVICE, else auto); recorded, not part of the key")
+    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    ev.add_argument("--batch-size", type=int, default=0,
+                    help="points attacked together (default 0: 500 on CPU, from free memory on a GPU)")
     ev.add_argument("--json", action="store_true", help="print exactly one JSON record on stdout")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)

@@ -48,6 +48,13 @@ class RunConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    """``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (default ``$FABENCH_DEVICE``, else ``auto``). Like
+    ``threads`` and ``batch_size`` it is recorded in the record's ``runtime``, not in its key."""
+    threads: int = 0
+    """torch's CPU threads (0: torch's default)."""
+    batch_size: int = 0
+    """Points attacked together (0: chosen for the device, see :func:`fabench.device.attack_batch_size`)."""
 
 
 @dataclass
@@ -230,6 +237,10 @@ def reusable_record(out_dir: Path, res: Resolved, *, seed: int) -> tuple[Record 
 
 def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:
     """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
+    from fabench.device import attack_batch_size, resolve_device, set_threads
+
+    device = resolve_device(cfg.device)
+    runtime: dict[str, Any] = {"device": str(device), "threads": set_threads(cfg.threads)}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with guarded("task", res.task_name, res.task.meta.source, "load"):
@@ -239,13 +250,14 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
                               f"{type(data).__name__}, not a fabench.types.TaskData")
     timings["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir)
+    context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir,
+                         device=str(device))
     with guarded("recipe", res.recipe_name, res.recipe.meta.source, "fit"):
         model = res.recipe.fit(data, res.recipe_params, context=context)
         if not isinstance(model, Classifier):
             raise PluginError(f"{who('recipe', res.recipe_name, res.recipe.meta.source)} returned "
                               f"{type(model).__name__}, not a fabench.models.Classifier")
-        model.eval()
+        model.cpu().eval()  # the metrics are computed on the CPU, the attacks on ``device``
     timings["train"] = time.perf_counter() - t0
     # Stages inside the recipe (backbone training, feature extraction) report their own times.
     timings.update({f"train: {k}": float(v) for k, v in model.info.pop("timings", {}).items()})
@@ -253,8 +265,11 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     report = feature_report(model.head.unit_weights(), model.head.unit_positive(), model.head.unit_labels(),
                             model.head_features(data), data.positive_mask)
     timings["metrics"] = time.perf_counter() - t0
+    model.to(device)
+    runtime["batch_size"] = attack_batch_size(device, data.x_test[0].numel() if len(data.x_test) else 1,
+                                              requested=cfg.batch_size)
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
-                          progress=progress)
+                          batch_size=runtime["batch_size"], device=device, progress=progress)
     timings.update(result.timings)
     own, other = report.own_other(data.positive_mask)
     names = [s.name for s in res.attacks]
@@ -287,6 +302,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         headline_radii=list(res.headline),
         timings=timings,
         versions=versions(),
+        runtime=runtime,
         data_info={"n_train": len(data.x_train), "n_test": len(data.x_test), **dict(data.info)},
         model_info=dict(model.info),
         sources=dict(res.config["sources"]),

@@ -63,6 +63,15 @@ class ProtocolResult:
         return float(np.median(d.double().numpy())) if len(d) else float("nan")
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (the CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
 def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
     """Sorted, de-duplicated, non-negative finite radii, or a ConfigError."""
     out = []
@@ -100,14 +109,20 @@ def run_protocol(
     n_eval: int = 0,
     seed: int = 0,
     batch_size: int = 500,
+    device: "torch.device | str | None" = None,
     progress: ProgressFn = no_progress,
 ) -> ProtocolResult:
-    """Run every attack on the selected test points, batch by batch, and combine them."""
+    """Run every attack on the selected test points, batch by batch, and combine them.
+
+    The points are attacked on ``device`` (default: where the model is); the outcomes are combined
+    on the CPU."""
     radii = check_radii(radii)
     idx = select_points(len(data.x_test), n_eval, seed)
-    x, y = data.x_test[idx], data.y_test[idx]
+    dev = torch.device(device) if device is not None else model_device(model)
+    x, y = data.x_test[idx].to(dev), data.y_test[idx].to(dev)
     model.eval()
-    clean_correct = model.correct(x, y)
+    clean_on_device = model.correct(x, y)
+    clean_correct = clean_on_device.cpu()
     n, timings = len(x), {}
     outcomes: dict[str, AttackOutcome] = {}
     verified: dict[str, bool] = {}
@@ -121,10 +136,10 @@ def run_protocol(
                 model, x[sl], y[sl], radii, data=data, params=spec.params,
                 seed=attack_seed(seed, spec.name) + b0,
             )
-            verified[spec.name] = check_outcome(out, spec, model, x[sl], y[sl], clean_correct[sl], radii, data) \
-                and verified.get(spec.name, True)
-            broken.append(out.broken)
-            dists.append(out.distances)
+            verified[spec.name] = check_outcome(out, spec, model, x[sl], y[sl], clean_on_device[sl], radii,
+                                                data) and verified.get(spec.name, True)
+            broken.append(out.broken.cpu())
+            dists.append(out.distances.cpu())
             progress(f"attack {spec.name}", min(b0 + batch_size, n), n)
         b = torch.cat(broken, dim=1) | ~clean_correct[None, :]
         b = torch.cummax(b.int(), dim=0).values.bool()  # an adversarial within r is within r' > r

@@ -91,6 +91,8 @@ class Record:
     key: str = ""
     schema: int = SCHEMA_VERSION
     provenance: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    """How it was computed, outside the key: ``device``, CPU ``threads``, attack ``batch_size``."""
     """fabench's and every providing distribution's version and code hash (see :mod:`fabench.provenance`)."""
     verified_attacks: list[str] = field(default_factory=list)
     """Attacks whose every claim came with an adversarial example that fabench checked on the model."""

@@ -359,7 +359,7 @@ def load_sweep(
                     for seed in seeds:
                         cfg = RunConfig(task=task_ref(task), recipe=recipe, seed=seed, attacks=tuple(attacks),
                                         radii=radii, n_eval=n_eval, overrides=tuple(sets),
-                                        data_dir=data_dir, cache_dir=cache_dir)
+                                        data_dir=data_dir, cache_dir=cache_dir, device=dev)
                         try:
                             res = resolve(cfg)
                         except FabenchError as exc:

@@ -139,6 +139,9 @@ class FitContext:
     progress: ProgressFn = no_progress
     cache_dir: str | None = None
     data_dir: str | None = None
+    device: str = "cpu"
+    """Where to train (``cpu``, ``cuda:0``, ...). Initialise with a CPU generator, then move, so the
+    initial weights do not depend on the device."""
 
 
 @runtime_checkable

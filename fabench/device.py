@@ -1,0 +1,80 @@
+"""Where the computation runs: the torch device, CPU threads and the attack batch size.
+
+None of these enter a record's key (a result does not depend on them beyond floating-point
+round-off); they are recorded in the record's ``runtime`` so a reader knows how it was computed.
+``auto`` picks CUDA when it is available, then Apple's MPS, else the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+from fabench.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+DEVICE_ENV = "FABENCH_DEVICE"
+_SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: Attack batch size on the CPU (points attacked together), and the bounds of the GPU's choice.
+CPU_BATCH = 500
+GPU_BATCH_RANGE = (500, 20_000)
+
+
+def device_spec(text: str | None) -> str:
+    """``--device`` (or ``$FABENCH_DEVICE``, else ``auto``), checked: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``."""
+    spec = (text or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if not _SPEC.match(spec):
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return spec
+
+
+def resolve_device(text: str | None = None) -> "torch.device":
+    """The torch device for ``text`` (see :func:`device_spec`); one that is not present is an error."""
+    import torch
+
+    spec = device_spec(text)
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: no CUDA device is available here (use cpu or auto)")
+        index = int(spec.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if spec == "mps" and not has_mps:
+        raise ConfigError("--device mps: the MPS backend is not available here (use cpu or auto)")
+    return torch.device(spec)
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's CPU threads (``0``: leave torch's default); returns the number in use."""
+    import torch
+
+    if threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    return int(torch.get_num_threads())
+
+
+def attack_batch_size(device: "torch.device", point_numel: int, *, requested: int = 0) -> int:
+    """Points attacked together: ``requested`` if given, else :data:`CPU_BATCH` on the CPU and, on a
+    GPU, what a quarter of its free memory holds at ~64 copies of a point (clipped to
+    :data:`GPU_BATCH_RANGE`)."""
+    if requested < 0:
+        raise ConfigError(f"--batch-size must be >= 0 (0 = chosen for the device), got {requested}")
+    if requested:
+        return requested
+    if device.type != "cuda":
+        return CPU_BATCH
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    per_point = max(1, point_numel) * 4 * 64
+    low, high = GPU_BATCH_RANGE
+    return int(min(high, max(low, free // 4 // per_point)))

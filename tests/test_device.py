@@ -1,0 +1,68 @@
+"""--device / --threads / --batch-size: recorded in ``runtime``, never in the key; CPU here, CUDA where present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fabench.device import attack_batch_size, device_spec, resolve_device
+from fabench.errors import ConfigError
+from fabench.evaluation import RunConfig, evaluate, resolve
+
+SMALL = (("d", 48), ("n_train", 80), ("n_test", 40))
+
+
+def _cfg(**kw: object) -> RunConfig:
+    return RunConfig(task="synthetic", recipe="binary", attacks=("analytic", "pairwise"), radii=(0.0, 4.0, 8.0),
+                     overrides=SMALL, **kw)  # type: ignore[arg-type]
+
+
+def test_device_spec_parses_and_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FABENCH_DEVICE", raising=False)
+    assert device_spec(None) == "auto"
+    assert device_spec("CUDA:1") == "cuda:1"
+    monkeypatch.setenv("FABENCH_DEVICE", "cpu")
+    assert device_spec(None) == "cpu"
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(ConfigError):
+            device_spec(bad)
+
+
+def test_auto_picks_what_is_there() -> None:
+    want = "cuda" if torch.cuda.is_available() else None
+    got = resolve_device("auto")
+    assert got.type == (want or got.type)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_batch_size_requested_or_default() -> None:
+    cpu = torch.device("cpu")
+    assert attack_batch_size(cpu, 3072, requested=7) == 7
+    assert attack_batch_size(cpu, 3072) == 500
+    with pytest.raises(ConfigError):
+        attack_batch_size(cpu, 3072, requested=-1)
+
+
+def test_runtime_is_recorded_and_not_keyed(tmp_path: Path) -> None:
+    a, b = _cfg(device="cpu", threads=1, batch_size=16), _cfg(device="auto", threads=0, batch_size=0)
+    assert resolve(a).key == resolve(b).key
+    rec, _, reused = evaluate(a, out_dir=tmp_path)
+    assert not reused
+    assert rec.runtime["device"] == "cpu" and rec.runtime["threads"] == 1 and rec.runtime["batch_size"] == 16
+    # batches of 16 attack the same points as one batch of 500 would: the curve is the same
+    rec2, _, _ = evaluate(_cfg(device="cpu", batch_size=500), out_dir=tmp_path, force=True)
+    assert rec2.robust_accuracy == rec.robust_accuracy
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_agrees_with_cpu(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
+    cpu, _, _ = evaluate(_cfg(device="cpu"), out_dir=tmp_path / "cpu")
+    gpu, _, _ = evaluate(_cfg(device="cuda"), out_dir=tmp_path / "gpu")
+    assert gpu.runtime["device"].startswith("cuda")
+    assert abs(gpu.clean_accuracy - cpu.clean_accuracy) <= 0.026  # one point of 40
+    for r, v in cpu.robust_accuracy["worst"].items():
+        assert abs(gpu.robust_accuracy["worst"][r] - v) <= 0.051  # two points of 40 (float round-off)
