@@ -17,12 +17,14 @@ from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 from tabulate import tabulate
 
-from fabench import registry
 from fabench.errors import ConfigError, FabenchError, RecordWriteError
 from fabench.params import parse_assignments
 from fabench.records import Record, default_results_dir, radius_key
 
 EXIT_USAGE = 2
+REGISTRY_KINDS = ("tasks", "recipes", "attacks")
+"""The registries ``fabench list`` shows (:data:`fabench.registry.REGISTRIES`; torch is not imported to
+parse a command line)."""
 EXIT_INTERNAL = 1
 DEBUG_ENV = "FABENCH_DEBUG"
 
@@ -117,6 +119,8 @@ def _allowed(meta: Any, key: str) -> str:
 
 # -- commands --------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    from fabench import registry
+
     kinds = [args.kind] if args.kind else list(registry.REGISTRIES)
     for kind in kinds:
         reg = registry.REGISTRIES[kind]
@@ -412,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("list", help="list registered tasks, recipes and attacks")
-    ls.add_argument("kind", nargs="?", choices=list(registry.REGISTRIES), help="only this registry")
+    ls.add_argument("kind", nargs="?", choices=REGISTRY_KINDS, help="only this registry")
     ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard on names, e.g. 'mnist*'")
     ls.add_argument("-v", "--verbose", action="store_true", help="show parameters and defaults")
     ls.set_defaults(func=cmd_list)

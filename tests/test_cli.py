@@ -117,3 +117,23 @@ def test_task_file_path_and_console_entry(tmp_path: Path) -> None:
     rec = json.loads(proc.stdout)
     assert rec["task"] == "tiny" and rec["config"]["task_params"]["k"] == 4
     assert list(rec["robust_accuracy"]["worst"]) == ["0", "4", "8"]
+
+
+def test_help_and_usage_errors_import_no_torch() -> None:
+    """`fabench --help` and a usage error answer without importing torch (the slow part of a start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, io, contextlib; from fabench import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    a = cli.main(['--help']); b = cli.main(['evaluate', '--bogus'])\n"
+            "print(a, b, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "2", "False"]
+
+
+def test_list_kinds_are_the_registries() -> None:
+    from fabench import registry
+    from fabench.cli import REGISTRY_KINDS
+
+    assert tuple(registry.REGISTRIES) == REGISTRY_KINDS
