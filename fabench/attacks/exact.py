@@ -1,0 +1,341 @@
+"""Ground truth for two-layer heads on the input: the minimal L2 adversarial distance, region by region.
+
+A two-layer ReLU head on the input (a :class:`~fabench.models.Classifier` with no backbone) is
+piecewise affine: an *activation region* ``S`` (which units are on) is the polyhedron
+``{z : <w_u, z> + b_u >= 0 for u in S, <= 0 otherwise}`` and inside it every unit is affine. The
+minimal distance from ``x`` to a set ``{z in region S : C_S z <= t}`` is the projection of ``x``
+onto a polyhedron, a small convex QP with ``U + c`` constraints (``U`` units, ``c`` margin rows).
+All constraint normals are combinations of the ``U`` weight vectors, so with an orthonormal basis
+``Q`` of their span (``W^T = Q R``) the QP lives in ``rank(W) <= U`` dimensions even at
+``d = 3072``. The minimal distance is the minimum over regions.
+
+* **Binary and robust heads** (``g = sum_u a_u ReLU(<w_u, z> + b_u)``, the paper's two-layer
+  network and ``f_robust``): in region ``S`` the condition ``y g(z) <= 0`` is one affine row, so
+  the minimum over the ``2^U`` regions is the **exact** minimal distance (the decision is strict,
+  so the boundary ``g = 0`` counts as adversarial and the minimum is attained).
+* **Fine head** (``g = logsumexp_{J+} f_j - logsumexp_{J-} f_j``, not piecewise affine): a sound
+  bracket. For a positive point, ``{g <= 0}`` contains ``U_{j- in J-} {f_j' - f_{j-} <= -log|J+|
+  for all j' in J+}`` and is contained in ``U_{j-} {f_j' - f_{j-} <= log|J-| for all j'}``
+  (``max <= logsumexp <= max + log n``); symmetrically for a negative point. The inner union gives
+  a candidate that is then line-searched on the true network (a verified **upper** bound on the
+  minimal distance; this is what the attack reports); the outer union gives a sound **lower**
+  bound (:attr:`ExactResult.lower`).
+
+Every QP is solved through its dual by Hildreth's coordinate ascent (``lambda >= 0``); any dual
+feasible ``lambda`` gives a lower bound, so regions whose bound (or whose cheapest single violated
+constraint) already exceeds the best distance found for the point are pruned, and regions are
+visited in increasing order of that cheap bound. Reported distances are those of adversarial
+examples verified on the model (``Classifier.correct``), so they are never below the true minimum.
+
+**Input bounds.** The QP ignores box constraints. On a bounded task (pixels in ``[0, 1]``) the
+reported candidate is clipped to the box and kept only if the model confirms it; its distance is
+then an upper bound, and :attr:`ExactResult.lower` (the unboxed minimum) is still a sound lower
+bound. ``ExactResult.exact`` says per point whether upper and lower agree (to ``rtol``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import torch
+
+from fabench import registry
+from fabench.attacks.base import outcome_from_distances
+from fabench.errors import ConfigError
+from fabench.models.heads import BinaryHead, FineHead, RobustHead
+from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fabench.models import Classifier
+
+MAX_UNITS = 16
+
+
+@dataclass(frozen=True)
+class PiecewiseHead:
+    """A two-layer head as unit weights ``W`` (``U x d``), biases ``b`` and output rows.
+
+    ``kind`` is ``"affine"`` (``g = a . ReLU(W z + b)``, coefficients ``a``) or ``"fine"`` (fine
+    logits ``f = G ReLU(W z + b)`` with group-averaging matrix ``G``, ``k x U``, and ``positive``).
+    """
+
+    kind: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    coef: torch.Tensor
+    positive: torch.Tensor
+
+    @property
+    def units(self) -> int:
+        return int(self.weight.shape[0])
+
+
+def piecewise_head(model: "Classifier", *, max_units: int = MAX_UNITS) -> PiecewiseHead:
+    """The head as :class:`PiecewiseHead`, or a one-line :class:`ConfigError` if it does not qualify."""
+    if not getattr(model, "identity_backbone", False):
+        raise ConfigError("attack exact needs a two-layer head on the input (no backbone); "
+                          "this model has a backbone")
+    head = model.head
+    with torch.no_grad():
+        if isinstance(head, BinaryHead):
+            m = head.m
+            w = head.weight.reshape(2 * m, -1).double()
+            b = head.bias.reshape(2 * m).double()
+            a = torch.cat([torch.full((m,), 1.0 / m), torch.full((m,), -1.0 / m)]).double()
+            hp = PiecewiseHead("affine", w, b, a[None, :], torch.ones(1, dtype=torch.bool))
+        elif isinstance(head, RobustHead):
+            w = head.directions.double()
+            b = -(w @ head.centre.double()) - head.thresholds.double()
+            a = head.positive.double() * 2 - 1
+            hp = PiecewiseHead("affine", w, b, a[None, :], torch.ones(1, dtype=torch.bool))
+        elif isinstance(head, FineHead):
+            k, h = head.k, head.h
+            w = head.weight.reshape(k * h, -1).double()
+            b = head.bias.reshape(k * h).double()
+            g = torch.kron(torch.eye(k, dtype=torch.float64), torch.full((1, h), 1.0 / h))
+            hp = PiecewiseHead("fine", w, b, g, head.positive.clone().bool())
+        else:
+            raise ConfigError(f"attack exact supports the binary, fine and robust heads, not {type(head).__name__}")
+    if hp.units > max_units:
+        raise ConfigError(f"attack exact enumerates 2^units activation regions; this head has {hp.units} "
+                          f"units (at most {max_units})")
+    return hp
+
+
+def margin_rows(hp: PiecewiseHead, sign: int, *, outer: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The adversarial set in terms of unit activations ``a``: a union of ``{M a <= t}`` (``M``, ``t``).
+
+    ``sign`` is the point's label (+1 / -1). For the affine heads one set, exact; for the fine head
+    one set per other-class logit: the inner (sufficient) sets, or the outer (necessary) ones.
+    """
+    if hp.kind == "affine":
+        return [(sign * hp.coef, torch.zeros(1, dtype=torch.float64))]
+    own = hp.positive if sign > 0 else ~hp.positive
+    own_idx, other_idx = own.nonzero().squeeze(1), (~own).nonzero().squeeze(1)
+    bound = math.log(len(other_idx)) if outer else -math.log(len(own_idx))
+    out = []
+    for j in other_idx.tolist():
+        m = hp.coef[own_idx] - hp.coef[j][None, :]  # f_j' - f_j <= bound for every own-class j'
+        out.append((m, torch.full((len(own_idx),), bound, dtype=torch.float64)))
+    return out
+
+
+def hildreth(
+    a: torch.Tensor, h: torch.Tensor, cutoff: torch.Tensor, *, sweeps: int = 400, tol: float = 1e-10,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project the origin onto ``{beta : A beta <= h}`` for a batch (``A``: ``P x C x r``).
+
+    Dual coordinate ascent on ``max_{lambda >= 0} -1/2 |A^T lambda|^2 - h . lambda``. Returns
+    ``(beta, dual)`` with ``beta = -A^T lambda`` (nearly feasible) and ``dual`` a sound lower bound
+    on ``1/2 |beta*|^2`` (``inf`` where the polyhedron is empty). Problems whose bound passes
+    ``cutoff`` (``1/2`` the squared distance to beat) stop early.
+    """
+    p, c, _ = a.shape
+    gdiag = (a * a).sum(-1)  # P x C
+    zero = gdiag <= 1e-300
+    lam = torch.zeros(p, c, dtype=a.dtype)
+    v = torch.zeros(p, a.shape[2], dtype=a.dtype)
+    dual = torch.zeros(p, dtype=a.dtype)
+    empty = (zero & (h < 0)).any(1)
+    dual[empty] = math.inf
+    live = (~empty).nonzero().squeeze(1)
+    inv = torch.where(zero, torch.zeros_like(gdiag), 1.0 / gdiag.clamp_min(1e-300))
+    for sweep in range(sweeps):
+        if len(live) == 0:
+            break
+        al, hl, ll, vl, il = a[live], h[live], lam[live], v[live], inv[live]
+        for j in range(c):
+            gj = (al[:, j] * vl).sum(-1) + hl[:, j]
+            new = (ll[:, j] - gj * il[:, j]).clamp_min(0.0)
+            vl = vl + (new - ll[:, j])[:, None] * al[:, j]
+            ll[:, j] = new
+        lam[live], v[live] = ll, vl
+        if sweep % 10 == 9 or sweep == sweeps - 1:
+            d = -0.5 * (vl * vl).sum(-1) - (hl * ll).sum(-1)
+            dual[live] = d
+            viol = (torch.einsum("pcr,pr->pc", al, -vl) - hl).amax(1).clamp_min(0)
+            primal = 0.5 * (vl * vl).sum(-1)
+            done = ((viol <= tol * (1 + hl.abs().amax(1))) & (primal - d <= tol * (1 + primal))) | (d > cutoff[live])
+            live = live[~done]
+    return -v, dual
+
+
+@dataclass(frozen=True)
+class ExactResult:
+    """Per point: ``upper`` (distance of a verified adversarial, ``inf`` if none), ``lower`` (sound
+    lower bound on the minimal distance), ``adversarials`` (NaN rows where none), ``exact``."""
+
+    upper: torch.Tensor
+    lower: torch.Tensor
+    adversarials: torch.Tensor
+    exact: torch.Tensor
+
+
+def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
+                  bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest verified adversarial ``clip(x + t delta)``, ``t`` in a few scalings just above 1."""
+    n = len(x)
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    adv = torch.full_like(x, float("nan"))
+    todo = torch.isfinite(delta.flatten(1)).all(1)
+    for t in (1.0, 1 + 1e-7, 1 + 1e-6, 1 + 1e-5, 1 + 1e-4, 1 + 1e-3, 1 + 1e-2):
+        idx = todo.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        cand = (x[idx].double() + t * delta[idx]).clamp(*bounds).to(x.dtype)
+        ok = ~model.correct(cand, y[idx])
+        hit = idx[ok]
+        adv[hit] = cand[ok]
+        best[hit] = (cand[ok].double() - x[hit].double()).flatten(1).norm(dim=1)
+        todo[hit] = False
+    return best, adv
+
+
+def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
+             bounds: tuple[float, float], *, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bisection for the first verified flip on the segment ``x + t delta``, ``t in [0, 1.01]``."""
+    n = len(x)
+    lo = torch.zeros(n, dtype=torch.float64)
+    hi = torch.full((n,), 1.01, dtype=torch.float64)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+
+    def pt(t: torch.Tensor) -> torch.Tensor:
+        return (x.double() + t.reshape(shape) * delta).clamp(*bounds).to(x.dtype)
+
+    reach = ~model.correct(pt(hi), y)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        b = ~model.correct(pt(mid), y)
+        hi = torch.where(b, mid, hi)
+        lo = torch.where(b, lo, mid)
+    final = pt(hi)
+    ok = reach & ~model.correct(final, y)
+    dist = torch.where(ok, (final.double() - x.double()).flatten(1).norm(dim=1), torch.tensor(math.inf, dtype=torch.float64))
+    adv = torch.where(ok.reshape(shape), final, torch.full_like(final, float("nan")))
+    return dist, adv
+
+
+def _region_min(
+    hp: PiecewiseHead, pre: torch.Tensor, bmat: torch.Tensor, sign: torch.Tensor, *, outer: bool,
+    upper0: torch.Tensor, sweeps: int, batch: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimum over regions (and margin sets) of the projection distance, per point.
+
+    ``pre``: pre-activations ``N x U`` at the points; ``bmat``: ``U x r`` (``W Q``). Returns
+    ``(distance, beta, lower)``: the best projection found (``inf`` if none), its coordinates in
+    the ``r``-dim span, and a sound lower bound (regions pruned by bounds included).
+    """
+    n, u = pre.shape
+    r = bmat.shape[1]
+    patterns = ((torch.arange(2**u)[:, None] >> torch.arange(u)[None, :]) & 1).bool()  # S x U
+    ns = len(patterns)
+    best = upper0.clone().double()
+    beta_best = torch.zeros(n, r, dtype=torch.float64)
+    lower = torch.full((n,), math.inf, dtype=torch.float64)
+    # Region rows: active unit -> -(pre + B beta) <= 0; inactive -> pre + B beta <= 0.
+    sig = torch.where(patterns, -1.0, 1.0).double()  # S x U
+    rows_a = sig[:, :, None] * bmat[None, :, :]  # S x U x r
+    bnorm = bmat.norm(dim=1)  # U
+    for s in (1, -1):
+        pts = (sign == s).nonzero().squeeze(1)
+        if len(pts) == 0:
+            continue
+        sets = margin_rows(hp, s, outer=outer)
+        for m_rows, t in sets:
+            ms = m_rows[None, :, :] * patterns[:, None, :].double()  # S x c x U (active units only)
+            marg_a = ms @ bmat  # S x c x r
+            p = pre[pts]  # n' x U
+            h_reg = -sig[None, :, :] * p[:, None, :]  # n' x S x U
+            h_marg = t[None, None, :] - torch.einsum("scu,nu->nsc", ms, p)  # n' x S x c
+            h_all = torch.cat([h_reg, h_marg], dim=2)  # n' x S x C
+            norms = torch.cat([bnorm[None, :].expand(ns, u), marg_a.norm(dim=2)], dim=1)  # S x C
+            cheap = torch.where(
+                h_all < 0,
+                torch.where(norms[None] > 1e-300, -h_all / norms[None].clamp_min(1e-300), torch.tensor(math.inf, dtype=torch.float64)),
+                torch.zeros((), dtype=torch.float64),
+            ).amax(2)  # n' x S: distance to the farthest single violated halfspace
+            order = cheap.flatten().argsort()
+            cheap_sorted = cheap.flatten()[order]
+            a_all = torch.cat([rows_a, marg_a], dim=1)  # S x C x r
+            pos = 0
+            while pos < len(order):
+                if cheap_sorted[pos] >= best[pts].max():
+                    break  # every remaining region is farther than the best found for its point
+                sl = order[pos : pos + batch]
+                cs = cheap_sorted[pos : pos + batch]
+                pos += batch
+                pi, si = sl // ns, sl % ns
+                keep = cs < best[pts[pi]]
+                if not keep.any():
+                    continue
+                pi, si, cs = pi[keep], si[keep], cs[keep]
+                gp = pts[pi]
+                cut = 0.5 * best[gp] ** 2
+                beta, dual = hildreth(a_all[si], h_all[pi, si], cut, sweeps=sweeps)
+                dist = beta.norm(dim=1)
+                lb = torch.maximum(torch.sqrt(dual.clamp_min(0.0) * 2), cs)
+                viol = (torch.einsum("pcr,pr->pc", a_all[si], beta) - h_all[pi, si]).amax(1)
+                good = (viol <= 1e-7 * (1 + h_all[pi, si].abs().amax(1))) & torch.isfinite(dual)
+                cand = torch.where(good, dist, torch.full_like(dist, math.inf))
+                newbest = best.clone().scatter_reduce_(0, gp, cand, reduce="amin")
+                win = good & (cand == newbest[gp]) & (cand < best[gp])
+                beta_best[gp[win]] = beta[win]
+                best = newbest
+                lower.scatter_reduce_(0, gp, lb, reduce="amin")
+    # Pruned regions have cheap bound >= best found, so min(lower over solved, best) is sound.
+    lower = torch.minimum(lower, best)
+    return best, beta_best, lower
+
+
+def exact_distances(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, *, bounds: tuple[float, float] = (-math.inf, math.inf),
+    sweeps: int = 400, batch: int = 4096, rtol: float = 1e-4,
+) -> ExactResult:
+    """Minimal L2 adversarial distances of a two-layer head on the input (see the module doc)."""
+    hp = piecewise_head(model)
+    n = len(x)
+    flat = x.flatten(1).double()
+    q, rr = torch.linalg.qr(hp.weight.T)  # d x r, r x U
+    bmat = rr.T.contiguous()  # U x r: pre-activations at x + Q beta are pre + bmat @ beta
+    pre = flat @ hp.weight.T + hp.bias
+    sign = y.long() * 2 - 1
+    wrong = ~model.correct(x, y)
+    inf = torch.full((n,), math.inf, dtype=torch.float64)
+    best, beta, lower = _region_min(hp, pre, bmat, sign, outer=False, upper0=inf, sweeps=sweeps, batch=batch)
+    delta = (beta @ q.T).reshape(x.shape)
+    if hp.kind == "affine":
+        upper, adv = _verify_along(model, x, y, delta, bounds)
+    else:
+        upper, adv = _line_to(model, x, y, delta, bounds)
+        ok = torch.isfinite(best)
+        upper = torch.where(ok, upper, inf)
+        _, _, lower = _region_min(hp, pre, bmat, sign, outer=True, upper0=upper.clone(), sweeps=sweeps, batch=batch)
+    lower = torch.minimum(lower, upper)
+    upper = torch.where(wrong, torch.zeros_like(upper), upper)
+    lower = torch.where(wrong, torch.zeros_like(lower), lower)
+    adv[wrong] = x[wrong]
+    exact = (upper <= lower * (1 + rtol) + 1e-9)
+    return ExactResult(upper, lower, adv, exact)
+
+
+@registry.attacks.register
+class ExactAttack:
+    meta: ClassVar[Meta] = Meta(
+        name="exact",
+        description="ground truth for two-layer heads on the input: min over activation regions of a QP",
+        reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
+        params={"sweeps": 400, "batch": 4096},
+        bounds={"sweeps": (1, None), "batch": (1, None)},
+    )
+    minimization: ClassVar[bool] = True
+
+    def run(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params, seed: int,
+    ) -> AttackOutcome:
+        res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
+                              batch=int(params["batch"]))
+        out = outcome_from_distances(radii, res.upper.float())
+        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=res.adversarials)
