@@ -322,9 +322,13 @@ def _region_min(
 
 def exact_distances(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, *, bounds: tuple[float, float] = (-math.inf, math.inf),
-    sweeps: int = 60, batch: int = 4096, rtol: float = 1e-4,
+    sweeps: int = 60, batch: int = 4096, rtol: float = 1e-4, with_lower: bool = True,
 ) -> ExactResult:
-    """Minimal L2 adversarial distances of a two-layer head on the input (see the module doc)."""
+    """Minimal L2 adversarial distances of a two-layer head on the input (see the module doc).
+
+    ``with_lower=False`` skips the fine head's outer pass (its lower bound is then only the trivial
+    one: ``ExactResult.lower`` is 0 for those points); the binary and robust heads get both anyway.
+    """
     hp = piecewise_head(model)
     n = len(x)
     flat = x.flatten(1).double()
@@ -342,7 +346,12 @@ def exact_distances(
         upper, adv = _line_to(model, x, y, delta, bounds)
         ok = torch.isfinite(best)
         upper = torch.where(ok, upper, inf)
-        _, _, lower = _region_min(hp, pre, bmat, sign, outer=True, upper0=upper.clone(), sweeps=sweeps, batch=batch)
+        if with_lower:
+            _, _, low = _region_min(hp, pre, bmat, sign, outer=True, upper0=upper.clone(), sweeps=sweeps, batch=batch)
+        else:
+            low = torch.zeros(n, dtype=torch.float64)
+    if hp.kind == "fine":
+        lower = low
     lower = torch.minimum(lower, upper)
     upper = torch.where(wrong, torch.zeros_like(upper), upper)
     lower = torch.where(wrong, torch.zeros_like(lower), lower)
@@ -357,7 +366,7 @@ class ExactAttack:
         name="exact",
         description="ground truth for two-layer heads on the input: min over activation regions of a QP",
         reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
-        params={"sweeps": 60, "batch": 4096},
+        params={"sweeps": 60, "batch": 4096, "strict": True},
         bounds={"sweeps": (1, None), "batch": (1, None)},
     )
     minimization: ClassVar[bool] = True
@@ -366,7 +375,16 @@ class ExactAttack:
         self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
         data: TaskData, params: Params, seed: int,
     ) -> AttackOutcome:
+        """``strict`` (default): a model exact cannot solve is a ConfigError; otherwise (the default
+        protocol) such a model gets an outcome that claims nothing (no point broken)."""
+        if not bool(params["strict"]):
+            try:
+                piecewise_head(model)
+            except ConfigError:
+                n = len(x)
+                return AttackOutcome(tuple(float(r) for r in radii), torch.zeros(len(radii), n, dtype=torch.bool),
+                                     torch.full((n,), math.inf), adversarials=torch.full_like(x, float("nan")))
         res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
-                              batch=int(params["batch"]))
+                              batch=int(params["batch"]), with_lower=False)
         out = outcome_from_distances(radii, res.upper.float())
         return AttackOutcome(out.radii, out.broken, out.distances, adversarials=res.adversarials)
