@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from fabench import registry
 from fabench.errors import ConfigError, FabenchError
+from fabench.flags import describe
 from fabench.params import parse_assignments
 from fabench.records import Record, default_results_dir, radius_key
 
@@ -64,11 +65,18 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
         f"{_fmt(rec.median_min_distance, 2)} · feature-averaging score {_fmt(rec.fa_score)}"
     )
     cols = rec.attacks + ["worst"]
+    cert = rec.certified.get("robust_accuracy") if rec.certified.get("space") == "input" else None
     rows: list[list[Any]] = [[f"{r:g}"] + [rec.robust_accuracy[a].get(radius_key(r)) for a in cols]
-                             for r in rec.radii]
-    rows.append(["median dist"] + [rec.median_distance.get(a) for a in cols])
-    lines.append("robust accuracy (L2; worst = per-point worst case over all attacks):")
-    lines.append(tabulate(rows, headers=["radius"] + cols, floatfmt=".3f", tablefmt="github"))
+                             + ([cert.get(radius_key(r))] if cert else []) for r in rec.radii]
+    rows.append(["median dist"] + [rec.median_distance.get(a) for a in cols]
+                + ([rec.certified.get("median_radius")] if cert else []))
+    lines.append("robust accuracy (L2; worst = per-point worst case over all attacks"
+                 + ("; certified = sound lower bound: the truth lies in [certified, worst]" if cert else "") + "):")
+    lines.append(tabulate(rows, headers=["radius"] + cols + (["certified"] if cert else []), floatfmt=".3f",
+                          tablefmt="github"))
+    if rec.certified and not cert:
+        lines.append(f"certified (head in feature space, not pixels): median radius {_fmt(rec.certified.get('median_radius'), 2)}")
+    lines.extend(f"flag: {line}" for line in describe(rec.flags))
     cm = rec.cosine_matrix
     lines.append(
         f"cosine with own-class features {_fmt(cm.get('mean_own_class'))}, "
@@ -273,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", required=True, help="registered task name, or a task file (*.toml)")
     ev.add_argument("--recipe", required=True, help="registered recipe (name or name@distribution)")
     ev.add_argument("--seed", type=int, default=0, help="seed of data, init and attacks (default 0)")
-    ev.add_argument("--attacks", default="analytic,pairwise,pgd,deepfool", help="comma-separated attack names (default: all four built-ins)")
+    ev.add_argument("--attacks", default="analytic,pairwise,pgd,deepfool,exact",
+                    help="comma-separated attack names (default: the default protocol, "
+                         "analytic,pairwise,pgd,deepfool,exact; exact claims nothing where it does not apply)")
     ev.add_argument("--epsilons", help="radii: 0,10,20 or start:stop:step (default: the task's grid)")
     ev.add_argument("--n-eval", type=int, default=0, help="test points to attack (0 = all; else a seeded subset)")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -14,7 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from fabench import params as P
 from fabench import registry
+from fabench.certify import certify
 from fabench.errors import ConfigError, UnknownNameError
+from fabench.flags import sanity_flags
 from fabench.metrics import feature_report
 from fabench.models.backbones import effective_params
 from fabench.protocol import AttackSpec, check_radii, run_protocol
@@ -25,7 +27,11 @@ from fabench.records import (
 from fabench.taskfiles import load_task_file
 from fabench.types import FitContext, ProgressFn, Task, no_progress
 
-DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
+DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool", "exact")
+"""The default protocol. ``exact`` (the ground truth of two-layer heads on the input) sees through
+the dead-ReLU plateaus where gradient attacks stop short; in the default list it claims nothing on
+models it cannot solve (``exact.strict = False``), asked for by name it refuses them."""
+DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {"exact": {"strict": False}}
 
 
 @dataclass
@@ -125,7 +131,9 @@ def resolve(cfg: RunConfig) -> Resolved:
     recipe_params = effective_params(
         P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}")
     )
-    specs = [AttackSpec(e.name, e.obj, P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}"))
+    by_default = tuple(cfg.attacks) == DEFAULT_ATTACKS
+    specs = [AttackSpec(e.name, e.obj, P.resolve(e.meta.params, DEFAULT_ATTACK_PARAMS.get(e.name, {}) if by_default else {},
+                                                 a_over.get(e.name, {}), owner=f"attack {e.name}"))
              for e in attack_entries]
     radii = check_radii(cfg.radii if cfg.radii is not None else getattr(task, "radii", ()) or (0.0,))
     headline = tuple(r for r in getattr(task, "headline_radii", ()) if r in radii) or radii
@@ -188,6 +196,9 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
                           progress=progress)
     timings.update(result.timings)
+    t0 = time.perf_counter()
+    certified, flags = bracket(model, data, result, names=[s.name for s in res.attacks])
+    timings["certify"] = time.perf_counter() - t0
     own, other = report.own_other(data.positive_mask)
     names = [s.name for s in res.attacks]
     robust = {a: {radius_key(r): v for r, v in result.robust_accuracy(a).items()} for a in names + ["worst"]}
@@ -224,5 +235,23 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         sources=dict(res.config["sources"]),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
+        certified=certified,
+        flags=flags,
     )
     return record
+
+
+def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The certified curve (:mod:`fabench.certify`) and the sanity flags (:mod:`fabench.flags`)."""
+    x, y = data.x_test[result.indices], data.y_test[result.indices]
+    cert = certify(model, x, y, max_radius=2 * max(max(result.radii), 1e-6))
+    certified: dict[str, Any] = {}
+    acc: dict[float, float] | None = None
+    if cert is not None:
+        acc = cert.accuracy(result.radii)
+        certified = {"space": cert.space, "method": cert.method,
+                     "robust_accuracy": {radius_key(r): v for r, v in acc.items()},
+                     "median_radius": float(cert.radius.median()) if len(cert.radius) else None}
+    flags = sanity_flags(result.radii, {n: result.outcomes[n].broken for n in names}, result.worst_broken,
+                         acc if cert is not None and cert.space == "input" else None)
+    return certified, flags

@@ -85,6 +85,11 @@ class Record:
     created: str = ""
     key: str = ""
     schema: int = SCHEMA_VERSION
+    certified: dict[str, Any] = field(default_factory=dict)
+    """Certified robust accuracy per radius (:mod:`fabench.certify`), its ``space`` and ``method``;
+    empty when the model has no certificate."""
+    flags: dict[str, Any] = field(default_factory=dict)
+    """Sanity flags (:mod:`fabench.flags`): weak attacks, masking, the bracket's gap."""
 
     @property
     def params(self) -> dict[str, Any]:

@@ -36,8 +36,9 @@ bound. ``ExactResult.exact`` says per point whether upper and lower agree (to ``
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 
@@ -320,6 +321,20 @@ def _region_min(
     return best, beta_best, lower
 
 
+_MEMO: "OrderedDict[tuple[Any, ...], ExactResult]" = OrderedDict()
+_MEMO_SIZE = 8
+
+
+def _memo_key(model: "Classifier", x: torch.Tensor, y: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
+    """Identifies a call: the model object, its weights' and the batch's fingerprints, the options."""
+    with torch.no_grad():
+        w = [float(p.double().sum()) for p in model.head.parameters()]
+        w += [float(b.double().sum()) for b in model.head.buffers()]
+        fx = x.double().flatten(1)
+        return (id(model), tuple(w), tuple(x.shape), float(fx.sum()), float((fx * fx).sum()),
+                float((fx * torch.arange(1, fx.shape[1] + 1)).sum()), tuple(y.tolist()), *rest)
+
+
 def exact_distances(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, *, bounds: tuple[float, float] = (-math.inf, math.inf),
     sweeps: int = 60, batch: int = 4096, rtol: float = 1e-4, with_lower: bool = True,
@@ -330,6 +345,10 @@ def exact_distances(
     one: ``ExactResult.lower`` is 0 for those points); the binary and robust heads get both anyway.
     """
     hp = piecewise_head(model)
+    key = _memo_key(model, x, y, bounds, sweeps, batch, rtol, with_lower or hp.kind != "fine")
+    if key in _MEMO:  # the exact attack and the certificate ask for the same batch
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
     n = len(x)
     flat = x.flatten(1).double()
     q, rr = torch.linalg.qr(hp.weight.T)  # d x r, r x U
@@ -357,7 +376,11 @@ def exact_distances(
     lower = torch.where(wrong, torch.zeros_like(lower), lower)
     adv[wrong] = x[wrong]
     exact = (upper <= lower * (1 + rtol) + 1e-9)
-    return ExactResult(upper, lower, adv, exact)
+    result = ExactResult(upper, lower, adv, exact)
+    _MEMO[key] = result
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return result
 
 
 @registry.attacks.register
