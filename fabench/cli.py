@@ -18,7 +18,7 @@ from tabulate import tabulate
 from fabench import registry
 from fabench.errors import ConfigError, FabenchError
 from fabench.flags import describe
-from fabench.params import parse_assignments
+from fabench.params import parse_assignments, parse_value
 from fabench.records import Record, default_results_dir, radius_key
 
 EXIT_USAGE = 2
@@ -297,7 +297,68 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
     add_sweep_options(ev)
     add_publish_commands(sub)
+    add_audit_command(sub)
     return p
+
+
+def add_audit_command(sub: Any) -> None:
+    au = sub.add_parser("audit", help="re-check a finished record with the strong attack suite")
+    au.add_argument("record", nargs="?", help="a record file (else --task/--recipe/--seed/--set as for evaluate)")
+    au.add_argument("--task")
+    au.add_argument("--recipe")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--attacks", help="the record's attacks as given to evaluate (default: the default protocol)")
+    au.add_argument("--epsilons", help="the record's radii as given to evaluate")
+    au.add_argument("--record-n-eval", type=int, default=0, help="the record's --n-eval (default 0 = all)")
+    au.add_argument("--set", action="append", metavar="KEY=VALUE", help="the record's overrides, as for evaluate")
+    au.add_argument("--strong", default="apgd,fab,square,cw,exact", help="the strong suite (comma-separated)")
+    au.add_argument("--strong-set", action="append", metavar="ATTACK.KEY=VALUE",
+                    help="override a strong attack's parameter, e.g. apgd.restarts=1")
+    au.add_argument("--n-eval", type=int, default=500, help="audited test points (seeded subset; 0 = all)")
+    au.add_argument("--out", help="directory of result records (default: as for evaluate)")
+    au.add_argument("--data-dir")
+    au.add_argument("--cache-dir")
+    au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    au.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
+    from fabench import audit
+    from fabench.evaluation import DEFAULT_ATTACKS, RunConfig, resolve
+    from fabench.progress import ProgressBar
+    from fabench.records import find_record, read_record, record_path
+
+    if args.record:
+        path = Path(args.record).expanduser()
+        rec = read_record(path)
+    else:
+        if not args.task or not args.recipe:
+            raise ConfigError("audit: give a record file, or --task and --recipe (as for evaluate)")
+        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else list(DEFAULT_ATTACKS)
+        cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed,
+                        attacks=tuple(attacks) if tuple(attacks) == DEFAULT_ATTACKS else attacks,
+                        radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.record_n_eval,
+                        overrides=parse_assignments(args.set or []))
+        res = resolve(cfg)
+        out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+        found = find_record(out_dir, res.task_name, res.recipe_name, args.seed, res.key)
+        if found is None:
+            raise ConfigError(f"audit: no finished record of this configuration below {str(out_dir)!r}; "
+                              "run fabench evaluate first")
+        rec, path = found, record_path(out_dir, res.task_name, res.recipe_name, args.seed, res.key)
+    over: dict[str, dict[str, Any]] = {}
+    strong_defaults = {n: registry.attacks.entry(n).meta.params for n in args.strong.split(",") if n}
+    for key, text in parse_assignments(args.strong_set or []):
+        name, dot, param = key.partition(".")
+        if not dot or name not in strong_defaults or param not in strong_defaults[name]:
+            raise ConfigError(f"--strong-set {key}: expected <strong attack>.<parameter>")
+        over.setdefault(name, {})[param] = parse_value(text, strong_defaults[name][param], key=key)
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+    result = audit.audit(rec, n_eval=args.n_eval, attacks=list(strong_defaults), overrides=over,
+                         data_dir=args.data_dir, cache_dir=args.cache_dir, progress=bar)
+    written = audit.write_audit(result, path)
+    out.write(audit.format_audit(result) + f"\naudit: {written}\n")
+    return 0
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
