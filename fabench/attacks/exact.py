@@ -14,9 +14,11 @@ All constraint normals are combinations of the ``U`` weight vectors, so with an 
   the minimum over the ``2^U`` regions is the **exact** minimal distance (the decision is strict,
   so the boundary ``g = 0`` counts as adversarial and the minimum is attained).
 * **Fine head** (``g = logsumexp_{J+} f_j - logsumexp_{J-} f_j``, not piecewise affine): a sound
-  bracket. For a positive point, ``{g <= 0}`` contains ``U_{j- in J-} {f_j' - f_{j-} <= -log|J+|
-  for all j' in J+}`` and is contained in ``U_{j-} {f_j' - f_{j-} <= log|J-| for all j'}``
-  (``max <= logsumexp <= max + log n``); symmetrically for a negative point. The inner union gives
+  bracket. For a positive point, in region ``S``, ``{g <= 0}`` contains ``U_{j- in J-} {f_j' -
+  f_{j-} <= -log|A+(S)| for all active j' in J+}`` and is contained in ``U_{j-} {f_j' - f_{j-} <=
+  log|A-(S)| for all j' in J+}``, where ``A+-(S)`` are the groups with an active unit (the others
+  have ``f = 0`` exactly; see :func:`margin_rows`); symmetrically for a negative point. With one
+  active group per class (the usual case) the inner set is exact. The inner union gives
   a candidate that is then line-searched on the true network (a verified **upper** bound on the
   minimal distance; this is what the attack reports); the outer union gives a sound **lower**
   bound (:attr:`ExactResult.lower`).
@@ -105,21 +107,42 @@ def piecewise_head(model: "Classifier", *, max_units: int = MAX_UNITS) -> Piecew
     return hp
 
 
-def margin_rows(hp: PiecewiseHead, sign: int, *, outer: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The adversarial set in terms of unit activations ``a``: a union of ``{M a <= t}`` (``M``, ``t``).
+def margin_rows(
+    hp: PiecewiseHead, sign: int, patterns: torch.Tensor, *, outer: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per region ``S`` (rows of ``patterns``), the adversarial set as a union of ``{M_S a <= t_S}``.
 
-    ``sign`` is the point's label (+1 / -1). For the affine heads one set, exact; for the fine head
-    one set per other-class logit: the inner (sufficient) sets, or the outer (necessary) ones.
+    Returns ``(M, t)`` pairs shaped ``S x c x U`` and ``S x c`` (``a`` = pre-activations; the
+    rows already zero the units that are off in ``S``). Affine heads: one exact set. Fine head
+    (``|J+| = |J-| = n`` or not): one set per other-class logit ``j'``; with ``A_own(S)`` /
+    ``A_other(S)`` the groups with an active unit in ``S`` (the others have ``f = 0``, i.e.
+    ``exp f = 1``, exactly), for an own-class point:
+
+    * inner (sufficient): ``f_j - f_j' <= -log max(1, |A_own|)`` for every ``j in A_own``, since
+      then ``sum_own exp f <= exp f_j' + n_other - 1 <= sum_other exp f``;
+    * outer (necessary): ``g <= 0`` implies, for the largest other logit ``j'``,
+      ``f_j - f_j' <= log max(1, |A_other|)`` for every own ``j``.
     """
+    pat = patterns.double()
     if hp.kind == "affine":
-        return [(sign * hp.coef, torch.zeros(1, dtype=torch.float64))]
+        m = sign * hp.coef[None, :, :] * pat[:, None, :]
+        return [(m, torch.zeros(len(patterns), 1, dtype=torch.float64))]
     own = hp.positive if sign > 0 else ~hp.positive
     own_idx, other_idx = own.nonzero().squeeze(1), (~own).nonzero().squeeze(1)
-    bound = math.log(len(other_idx)) if outer else -math.log(len(own_idx))
+    active = (pat @ (hp.coef > 0).double().T) > 0  # S x k: group has an active unit
+    if outer:
+        count = active[:, other_idx].sum(1).clamp_min(1).double()
+        t = torch.log(count)[:, None].expand(-1, len(own_idx))
+        keep = torch.ones(len(patterns), len(own_idx), dtype=torch.bool)
+    else:
+        count = active[:, own_idx].sum(1).clamp_min(1).double()
+        t = -torch.log(count)[:, None].expand(-1, len(own_idx))
+        keep = active[:, own_idx]  # rows of inactive own groups are not needed (f_j = 0 exactly)
     out = []
     for j in other_idx.tolist():
-        m = hp.coef[own_idx] - hp.coef[j][None, :]  # f_j' - f_j <= bound for every own-class j'
-        out.append((m, torch.full((len(own_idx),), bound, dtype=torch.float64)))
+        m = (hp.coef[own_idx] - hp.coef[j][None, :])[None, :, :] * pat[:, None, :]
+        m = torch.where(keep[:, :, None], m, torch.zeros_like(m))
+        out.append((m, torch.where(keep, t, torch.zeros_like(t)).contiguous()))
     return out
 
 
@@ -251,6 +274,63 @@ def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch
     return dist, adv
 
 
+def smooth_margin(hp: PiecewiseHead, z: torch.Tensor, beta: float) -> torch.Tensor:
+    """The head's margin with ``ReLU`` replaced by ``softplus(beta a) / beta`` (``beta = inf``: the
+    true margin). A surrogate only: it gives directions that see units dead at ``z``."""
+    pre = z.flatten(1).double() @ hp.weight.T + hp.bias
+    act = torch.relu(pre) if math.isinf(beta) else torch.nn.functional.softplus(pre, beta=beta)
+    if hp.kind == "affine":
+        return act @ hp.coef[0]
+    f = act @ hp.coef.T
+    return torch.logsumexp(f[:, hp.positive], dim=1) - torch.logsumexp(f[:, ~hp.positive], dim=1)
+
+
+def refine_on_boundary(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, dist: torch.Tensor,
+    bounds: tuple[float, float], *, steps: int = 20, hp: PiecewiseHead | None = None,
+    betas: Sequence[float] = (math.inf, 4.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shorten verified adversarials by projecting ``x`` onto the margin's tangent plane at them.
+
+    At a boundary point ``z`` the set ``{y g <= 0}`` is approximated by its tangent half-space;
+    the projection ``w`` of ``x`` onto it gives a direction, and the first verified flip on the
+    segment from ``x`` towards ``w`` (a little beyond) replaces ``z`` if it is closer. Only
+    improvements are kept, each verified on the model (a DeepFool step taken from the boundary).
+    With ``hp``, tangent planes of softplus surrogates (``betas``) are tried too: they see units
+    that are off at ``z`` but would help if switched on (dead ReLUs again).
+    """
+    sign = (y.float() * 2 - 1).double()
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    adv, dist = adv.clone(), dist.clone()
+    for _ in range(steps):
+        idx = (torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        improved = False
+        for beta in (betas if hp is not None else (math.inf,)):
+            idx = (torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
+            z = adv[idx].double().clone().requires_grad_(True)
+            with torch.enable_grad():
+                g = smooth_margin(hp, z, beta) if hp is not None else model.margin(z.to(x.dtype)).double()
+                (grad,) = torch.autograd.grad(g.sum(), z)
+            s = sign[idx]
+            gd = grad.double().flatten(1) * s[:, None]
+            gz = smooth_margin(hp, z.detach(), math.inf) * s if hp is not None else g.detach() * s
+            xz = (x[idx].double() - z.detach()).flatten(1)
+            nrm2 = (gd * gd).sum(1).clamp_min(1e-300)
+            w = x[idx].double().flatten(1) - ((gz + (gd * xz).sum(1)) / nrm2)[:, None] * gd
+            delta = (w - x[idx].double().flatten(1)) * 1.5
+            d_new, a_new = _line_to(model, x[idx], y[idx], delta.reshape(x[idx].shape), bounds, steps=30)
+            better = d_new < dist[idx] * (1 - 1e-7)
+            if better.any():
+                improved = True
+                adv[idx[better]] = a_new[better]
+                dist[idx[better]] = d_new[better]
+        if not improved:
+            break
+    return adv, dist
+
+
 def _region_min(
     hp: PiecewiseHead, pre: torch.Tensor, bmat: torch.Tensor, sign: torch.Tensor, *, outer: bool,
     upper0: torch.Tensor, sweeps: int, batch: int,
@@ -276,13 +356,12 @@ def _region_min(
         pts = (sign == s).nonzero().squeeze(1)
         if len(pts) == 0:
             continue
-        sets = margin_rows(hp, s, outer=outer)
-        for m_rows, t in sets:
-            ms = m_rows[None, :, :] * patterns[:, None, :].double()  # S x c x U (active units only)
+        sets = margin_rows(hp, s, patterns, outer=outer)
+        for ms, t in sets:  # ms: S x c x U (active units only), t: S x c
             marg_a = ms @ bmat  # S x c x r
             p = pre[pts]  # n' x U
             h_reg = -sig[None, :, :] * p[:, None, :]  # n' x S x U
-            h_marg = t[None, None, :] - torch.einsum("scu,nu->nsc", ms, p)  # n' x S x c
+            h_marg = t[None, :, :] - torch.einsum("scu,nu->nsc", ms, p)  # n' x S x c
             h_all = torch.cat([h_reg, h_marg], dim=2)  # n' x S x C
             norms = torch.cat([bnorm[None, :].expand(ns, u), marg_a.norm(dim=2)], dim=1)  # S x C
             cheap = torch.where(
@@ -365,6 +444,7 @@ def exact_distances(
         upper, adv = _line_to(model, x, y, delta, bounds)
         ok = torch.isfinite(best)
         upper = torch.where(ok, upper, inf)
+        adv, upper = refine_on_boundary(model, x, y, adv, upper, bounds)
         if with_lower:
             _, _, low = _region_min(hp, pre, bmat, sign, outer=True, upper0=upper.clone(), sweeps=sweeps, batch=batch)
         else:
