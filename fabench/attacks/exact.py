@@ -33,6 +33,11 @@ examples verified on the model (``Classifier.correct``), so they are never below
 reported candidate is clipped to the box and kept only if the model confirms it; its distance is
 then an upper bound, and :attr:`ExactResult.lower` (the unboxed minimum) is still a sound lower
 bound. ``ExactResult.exact`` says per point whether upper and lower agree (to ``rtol``).
+
+The attack ``exact`` reports ``upper``; where the bracket is open (fine head) it also *polishes*:
+for each radius just below a point's verified distance it runs APGD-CE warm-started from that
+point scaled onto the radius (:func:`polish`), since the true minimiser may switch on a group the
+polyhedral inner sets do not credit.
 """
 
 from __future__ import annotations
@@ -469,8 +474,8 @@ class ExactAttack:
         name="exact",
         description="ground truth for two-layer heads on the input: min over activation regions of a QP",
         reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
-        params={"sweeps": 60, "batch": 4096, "strict": True},
-        bounds={"sweeps": (1, None), "batch": (1, None)},
+        params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05},
+        bounds={"sweeps": (1, None), "batch": (1, None), "polish_steps": (0, None), "polish_band": (0.0, None)},
     )
     minimization: ClassVar[bool] = True
 
@@ -489,5 +494,48 @@ class ExactAttack:
                                      torch.full((n,), math.inf), adversarials=torch.full_like(x, float("nan")))
         res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
                               batch=int(params["batch"]), with_lower=False)
-        out = outcome_from_distances(radii, res.upper.float())
-        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=res.adversarials)
+        upper, adv = res.upper.clone(), res.adversarials.clone()
+        if int(params["polish_steps"]) > 0 and not bool(res.exact.all()):
+            upper, adv = polish(model, x, y, radii, upper, adv, res.exact, data=data, seed=seed,
+                                steps=int(params["polish_steps"]), band=float(params["polish_band"]))
+        out = outcome_from_distances(radii, upper.float())
+        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adv)
+
+
+def polish(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], upper: torch.Tensor,
+    adv: torch.Tensor, exact: torch.Tensor, *, data: TaskData, seed: int, steps: int, band: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the bracket is open (fine head), try each radius ``r`` just below a point's verified
+    distance (``r < upper <= (1 + band) r``) with APGD-CE warm-started at the verified point
+    scaled onto the sphere of radius ``r``; keep what the model confirms."""
+    from pyautoattack.autopgd_base import APGDAttack as Lib
+
+    from fabench.attacks.autoattack import unit_box
+    from fabench.attacks.base import RADIUS_RTOL, is_adversarial, perturbation_norms
+
+    upper, adv = upper.clone(), adv.clone()
+    box = unit_box(model, x, data, max(max(radii), 1e-6))
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for r in sorted(float(v) for v in radii):
+            if r <= 0:
+                continue
+            todo = (~exact & torch.isfinite(upper) & (upper > r * (1 + RADIUS_RTOL)) & (upper <= r * (1 + band)))
+            idx = todo.nonzero().squeeze(1)
+            if len(idx) == 0:
+                continue
+            scale = (r / upper[idx]) * (1 - 1e-4)
+            start = x[idx].double() + scale.reshape(shape) * (adv[idx].double() - x[idx].double())
+            lib = Lib(box, n_iter=steps, norm="L2", n_restarts=1, eps=r / box.scale, seed=seed, loss="ce",
+                      device=x.device)
+            u = box.to_unit(x[idx])
+            lib.init_hyperparam(u)
+            _, _, _, u_adv = lib.attack_single_run(u, y[idx], x_init=box.to_unit(start.to(x.dtype)))
+            cand = box.from_unit(u_adv.detach())
+            norms = perturbation_norms(cand, x[idx]).double()
+            ok = is_adversarial(model, cand, y[idx]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[idx])
+            upper[idx[ok]] = norms[ok]
+            adv[idx[ok]] = cand[ok]
+    return upper, adv
