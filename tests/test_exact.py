@@ -83,7 +83,7 @@ def _points(model: Classifier, d: int, n: int, seed: int) -> tuple[torch.Tensor,
     return x, y
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2])  # seed 2: a minimiser on a region without interior
 def test_exact_matches_brute_force_on_tiny_binary_heads(seed: int) -> None:
     d, m = 4, 2
     model = tiny_binary(d, m, seed)

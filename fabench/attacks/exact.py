@@ -338,7 +338,7 @@ def refine_on_boundary(
 
 def _region_min(
     hp: PiecewiseHead, pre: torch.Tensor, bmat: torch.Tensor, sign: torch.Tensor, *, outer: bool,
-    upper0: torch.Tensor, sweeps: int, batch: int,
+    upper0: torch.Tensor, sweeps: int, batch: int, shrink: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimum over regions (and margin sets) of the projection distance, per point.
 
@@ -369,6 +369,8 @@ def _region_min(
             h_marg = t[None, :, :] - torch.einsum("scu,nu->nsc", ms, p)  # n' x S x c
             h_all = torch.cat([h_reg, h_marg], dim=2)  # n' x S x C
             norms = torch.cat([bnorm[None, :].expand(ns, u), marg_a.norm(dim=2)], dim=1)  # S x C
+            if shrink > 0:  # every face moved inwards by `shrink` (a distance): interior points only
+                h_all = h_all - shrink * norms[None, :, :]
             cheap = torch.where(
                 h_all < 0,
                 torch.where(norms[None] > 1e-300, -h_all / norms[None].clamp_min(1e-300), torch.tensor(math.inf, dtype=torch.float64)),
@@ -445,6 +447,15 @@ def exact_distances(
     delta = (beta @ q.T).reshape(x.shape)
     if hp.kind == "affine":
         upper, adv = _verify_along(model, x, y, delta, bounds)
+        # A minimiser on a piece without interior (e.g. g = 0 on a whole region) may not survive
+        # round-off; those points are solved again on polyhedra shrunk by a tiny distance.
+        redo = (torch.isfinite(best) & torch.isinf(upper)).nonzero().squeeze(1)
+        if len(redo):
+            eta = 1e-6 * (1 + float(best[redo].max().detach()))
+            _, beta2, _ = _region_min(hp, pre[redo], bmat, sign[redo], outer=False, upper0=inf[redo],
+                                      sweeps=sweeps, batch=batch, shrink=eta)
+            up2, adv2 = _verify_along(model, x[redo], y[redo], (beta2 @ q.T).reshape(x[redo].shape), bounds)
+            upper[redo], adv[redo] = up2, adv2
     else:
         upper, adv = _line_to(model, x, y, delta, bounds)
         ok = torch.isfinite(best)
