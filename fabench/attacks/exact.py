@@ -37,7 +37,7 @@ bound. ``ExactResult.exact`` says per point whether upper and lower agree (to ``
 The attack ``exact`` reports ``upper``; where the bracket is open (fine head) it also *polishes*:
 for each radius just below a point's verified distance it runs APGD-CE warm-started from that
 point scaled onto the radius (:func:`polish`), since the true minimiser may switch on a group the
-polyhedral inner sets do not credit.
+polyhedral inner sets do not credit (plus ``polish_restarts`` random starts on the points the warm start missed).
 """
 
 from __future__ import annotations
@@ -485,8 +485,10 @@ class ExactAttack:
         name="exact",
         description="ground truth for two-layer heads on the input: min over activation regions of a QP",
         reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
-        params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05},
-        bounds={"sweeps": (1, None), "batch": (1, None), "polish_steps": (0, None), "polish_band": (0.0, None)},
+        params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05,
+                "polish_restarts": 2},
+        bounds={"sweeps": (1, None), "batch": (1, None), "polish_steps": (0, None), "polish_band": (0.0, None),
+                "polish_restarts": (0, None)},
     )
     minimization: ClassVar[bool] = True
 
@@ -508,7 +510,8 @@ class ExactAttack:
         upper, adv = res.upper.clone(), res.adversarials.clone()
         if int(params["polish_steps"]) > 0 and not bool(res.exact.all()):
             upper, adv = polish(model, x, y, radii, upper, adv, res.exact, data=data, seed=seed,
-                                steps=int(params["polish_steps"]), band=float(params["polish_band"]))
+                                steps=int(params["polish_steps"]), band=float(params["polish_band"]),
+                                restarts=int(params["polish_restarts"]))
         out = outcome_from_distances(radii, upper.float())
         return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adv)
 
@@ -516,6 +519,7 @@ class ExactAttack:
 def polish(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], upper: torch.Tensor,
     adv: torch.Tensor, exact: torch.Tensor, *, data: TaskData, seed: int, steps: int, band: float,
+    restarts: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the bracket is open (fine head), try each radius ``r`` just below a point's verified
     distance (``r < upper <= (1 + band) r``) with APGD-CE warm-started at the verified point
@@ -549,4 +553,13 @@ def polish(
             ok = is_adversarial(model, cand, y[idx]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[idx])
             upper[idx[ok]] = norms[ok]
             adv[idx[ok]] = cand[ok]
+            rest = idx[~ok]
+            if restarts > 0 and len(rest):  # random starts for the points the warm start missed
+                lib = Lib(box, n_iter=steps, norm="L2", n_restarts=restarts, eps=r / box.scale, seed=seed, loss="ce",
+                          device=x.device)
+                cand = box.from_unit(lib.perturb(box.to_unit(x[rest]), y[rest]).detach())
+                norms = perturbation_norms(cand, x[rest]).double()
+                ok = is_adversarial(model, cand, y[rest]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[rest])
+                upper[rest[ok]] = norms[ok]
+                adv[rest[ok]] = cand[ok]
     return upper, adv
