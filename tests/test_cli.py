@@ -75,7 +75,7 @@ def test_human_output_is_a_table(tmp_path: Path, capsys) -> None:
     [
         (["--task", "synthetc", "--recipe", "binary"], "did you mean 'synthetic'"),
         (["--task", "synthetic", "--recipe", "finee"], "unknown recipe"),
-        (["--task", "synthetic", "--recipe", "fine", "--attacks", "pgd,cw"], "unknown attack 'cw'"),
+        (["--task", "synthetic", "--recipe", "fine", "--attacks", "pgd,cwx"], "unknown attack 'cwx'"),
         (["--task", "synthetic", "--recipe", "fine", "--set", "d"], "malformed --set"),
         (["--task", "synthetic", "--recipe", "fine", "--set", "d=big"], "expected int"),
         (["--task", "synthetic", "--recipe", "fine", "--set", "width=3"], "no task or recipe parameter"),
