@@ -18,7 +18,7 @@ from typing import Any, Callable, NoReturn, Sequence, TextIO
 from tabulate import tabulate
 
 from fabench.errors import ConfigError, FabenchError, RecordWriteError
-from fabench.params import parse_assignments
+from fabench.params import parse_assignments, parse_value
 from fabench.records import Record, default_results_dir, radius_key
 
 EXIT_USAGE = 2
@@ -84,11 +84,20 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
         f"{_fmt(rec.median_min_distance, 2)} · feature-averaging score {_fmt(rec.fa_score)}"
     )
     cols = rec.attacks + ["worst"]
+    cert = rec.certified.get("robust_accuracy") if rec.certified.get("space") == "input" else None
     rows: list[list[Any]] = [[f"{r:g}"] + [rec.robust_accuracy[a].get(radius_key(r)) for a in cols]
-                             for r in rec.radii]
-    rows.append(["median dist"] + [rec.median_distance.get(a) for a in cols])
-    lines.append("robust accuracy (L2; worst = per-point worst case over all attacks):")
-    lines.append(tabulate(rows, headers=["radius"] + cols, floatfmt=".3f", tablefmt="github"))
+                             + ([cert.get(radius_key(r))] if cert else []) for r in rec.radii]
+    rows.append(["median dist"] + [rec.median_distance.get(a) for a in cols]
+                + ([rec.certified.get("median_radius")] if cert else []))
+    lines.append("robust accuracy (L2; worst = per-point worst case over all attacks"
+                 + ("; certified = sound lower bound: the truth lies in [certified, worst]" if cert else "") + "):")
+    lines.append(tabulate(rows, headers=["radius"] + cols + (["certified"] if cert else []), floatfmt=".3f",
+                          tablefmt="github"))
+    if rec.certified and not cert:
+        lines.append(f"certified (head in feature space, not pixels): median radius {_fmt(rec.certified.get('median_radius'), 2)}")
+    from fabench.flags import describe
+
+    lines.extend(f"flag: {line}" for line in describe(rec.flags))
     cm = rec.cosine_matrix
     lines.append(
         f"cosine with own-class features {_fmt(cm.get('mean_own_class'))}, "
@@ -133,12 +142,21 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def attack_names(text: str | None) -> list[str]:
+    """``--attacks a,b,c``, or the default protocol (:data:`fabench.evaluation.DEFAULT_ATTACKS`)."""
+    if text is None:
+        from fabench.evaluation import DEFAULT_ATTACKS
+
+        return list(DEFAULT_ATTACKS)
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
 def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     from fabench.evaluation import RunConfig, evaluate
     from fabench.progress import ProgressBar
 
     human = sys.stderr if args.json else out
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    attacks = attack_names(args.attacks)
     radii = parse_radii(args.epsilons) if args.epsilons else None
     overrides = parse_assignments(args.set or [])
     out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
@@ -221,7 +239,7 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
         records = []
         for seed in seeds:  # the records just written or reused, found again by their key
             cfg = RunConfig(task=args.task, recipe=args.recipe, seed=seed,
-                            attacks=[a.strip() for a in args.attacks.split(",") if a.strip()],
+                            attacks=attack_names(args.attacks),
                             radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.n_eval,
                             overrides=parse_assignments(args.set or []), data_dir=args.data_dir,
                             cache_dir=args.cache_dir)
@@ -425,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", required=True, help="registered task name, or a task file (*.toml)")
     ev.add_argument("--recipe", required=True, help="registered recipe (name or name@distribution)")
     ev.add_argument("--seed", type=int, default=0, help="seed of data, init and attacks (default 0)")
-    ev.add_argument("--attacks", default="analytic,pairwise,pgd,deepfool", help="comma-separated attack names (default: all four built-ins)")
+    ev.add_argument("--attacks",
+                    help="comma-separated attack names (default: the default protocol, "
+                         "analytic,pairwise,pgd,deepfool,exact; exact claims nothing where it does not apply)")
     ev.add_argument("--epsilons", help="radii: 0,10,20 or start:stop:step (default: the task's grid)")
     ev.add_argument("--n-eval", type=int, default=0, help="test points to attack (0 = all; else a seeded subset)")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -445,7 +465,70 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_options(ev)
     add_publish_commands(sub)
     add_sweep_command(sub)
+    add_audit_command(sub)
     return p
+
+
+def add_audit_command(sub: Any) -> None:
+    au = sub.add_parser("audit", help="re-check a finished record with the strong attack suite")
+    au.add_argument("record", nargs="?", help="a record file (else --task/--recipe/--seed/--set as for evaluate)")
+    au.add_argument("--task")
+    au.add_argument("--recipe")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--attacks", help="the record's attacks as given to evaluate (default: the default protocol)")
+    au.add_argument("--epsilons", help="the record's radii as given to evaluate")
+    au.add_argument("--record-n-eval", type=int, default=0, help="the record's --n-eval (default 0 = all)")
+    au.add_argument("--set", action="append", metavar="KEY=VALUE", help="the record's overrides, as for evaluate")
+    au.add_argument("--strong", default="apgd,fab,square,cw,exact", help="the strong suite (comma-separated)")
+    au.add_argument("--strong-set", action="append", metavar="ATTACK.KEY=VALUE",
+                    help="override a strong attack's parameter, e.g. apgd.restarts=1")
+    au.add_argument("--n-eval", type=int, default=500, help="audited test points (seeded subset; 0 = all)")
+    au.add_argument("--out", help="directory of result records (default: as for evaluate)")
+    au.add_argument("--data-dir")
+    au.add_argument("--cache-dir")
+    au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    au.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
+    from fabench import audit
+    from fabench.evaluation import DEFAULT_ATTACKS, RunConfig, resolve
+    from fabench.progress import ProgressBar
+    from fabench.records import find_record, read_record, record_path
+
+    if args.record:
+        path = Path(args.record).expanduser()
+        rec = read_record(path)
+    else:
+        if not args.task or not args.recipe:
+            raise ConfigError("audit: give a record file, or --task and --recipe (as for evaluate)")
+        attacks = attack_names(args.attacks)
+        cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed,
+                        attacks=tuple(attacks) if tuple(attacks) == DEFAULT_ATTACKS else attacks,
+                        radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.record_n_eval,
+                        overrides=parse_assignments(args.set or []))
+        res = resolve(cfg)
+        out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+        found = find_record(out_dir, res.task_name, res.recipe_name, args.seed, res.key)
+        if found is None:
+            raise ConfigError(f"audit: no finished record of this configuration below {str(out_dir)!r}; "
+                              "run fabench evaluate first")
+        rec, path = found, record_path(out_dir, res.task_name, res.recipe_name, args.seed, res.key)
+    from fabench import registry
+
+    over: dict[str, dict[str, Any]] = {}
+    strong_defaults = {n: registry.attacks.entry(n).meta.params for n in args.strong.split(",") if n}
+    for key, text in parse_assignments(args.strong_set or []):
+        name, dot, param = key.partition(".")
+        if not dot or name not in strong_defaults or param not in strong_defaults[name]:
+            raise ConfigError(f"--strong-set {key}: expected <strong attack>.<parameter>")
+        over.setdefault(name, {})[param] = parse_value(text, strong_defaults[name][param], key=key)
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+    result = audit.audit(rec, n_eval=args.n_eval, attacks=list(strong_defaults), overrides=over,
+                         data_dir=args.data_dir, cache_dir=args.cache_dir, progress=bar)
+    written = audit.write_audit(result, path)
+    out.write(audit.format_audit(result) + f"\naudit: {written}\n")
+    return 0
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

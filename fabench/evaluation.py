@@ -15,7 +15,9 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 from fabench import params as P
 from fabench import registry
+from fabench.certify import certify
 from fabench.errors import ConfigError, PluginError, UnknownNameError
+from fabench.flags import sanity_flags
 from fabench.metrics import feature_report
 from fabench.models import Classifier
 from fabench.models.backbones import effective_params
@@ -29,7 +31,11 @@ from fabench.taskfiles import load_task_file
 from fabench.types import Attack, FitContext, ProgressFn, Task, TaskData, no_progress
 from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded, who
 
-DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
+DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool", "exact")
+"""The default protocol. ``exact`` (the ground truth of two-layer heads on the input) sees through
+the dead-ReLU plateaus where gradient attacks stop short; in the default list it claims nothing on
+models it cannot solve (``exact.strict = False``), asked for by name it refuses them."""
+DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {"exact": {"strict": False}}
 
 
 @dataclass
@@ -168,8 +174,10 @@ def resolve(cfg: RunConfig) -> Resolved:
         P.resolve(recipe.meta.params, task_recipe_defaults, r_over, owner=f"recipe {recipe_entry.name}",
                   bounds=recipe.meta.bounds, choices=recipe.meta.choices)
     )
+    by_default = tuple(cfg.attacks) == DEFAULT_ATTACKS
     specs = [AttackSpec(e.name, e.obj if e.source == BUILTIN_SOURCE else cast(Attack, GuardedAttack(e.obj, e.name, e.source)),
-                        P.resolve(e.meta.params, a_over.get(e.name, {}), owner=f"attack {e.name}",
+                        P.resolve(e.meta.params, DEFAULT_ATTACK_PARAMS.get(e.name, {}) if by_default else {},
+                                  a_over.get(e.name, {}), owner=f"attack {e.name}",
                                   bounds=e.meta.bounds, choices=e.meta.choices))
              for e in attack_entries]
     radii = check_radii(cfg.radii if cfg.radii is not None else getattr(task, "radii", ()) or (0.0,))
@@ -271,6 +279,10 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
                           batch_size=runtime["batch_size"], device=device, progress=progress)
     timings.update(result.timings)
+    t0 = time.perf_counter()
+    model.cpu()  # the certificate of a two-layer head is cheap: on the CPU, like the data
+    certified, flags = bracket(model, data, result, names=[s.name for s in res.attacks])
+    timings["certify"] = time.perf_counter() - t0
     own, other = report.own_other(data.positive_mask)
     names = [s.name for s in res.attacks]
     robust = {a: {radius_key(r): v for r, v in result.robust_accuracy(a).items()} for a in names + ["worst"]}
@@ -311,5 +323,23 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         task_recipe_defaults=dict(res.task_recipe_defaults),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
+        certified=certified,
+        flags=flags,
     )
     return record
+
+
+def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The certified curve (:mod:`fabench.certify`) and the sanity flags (:mod:`fabench.flags`)."""
+    x, y = data.x_test[result.indices], data.y_test[result.indices]
+    cert = certify(model, x, y, max_radius=2 * max(max(result.radii), 1e-6))
+    certified: dict[str, Any] = {}
+    acc: dict[float, float] | None = None
+    if cert is not None:
+        acc = cert.accuracy(result.radii)
+        certified = {"space": cert.space, "method": cert.method,
+                     "robust_accuracy": {radius_key(r): v for r, v in acc.items()},
+                     "median_radius": float(cert.radius.median()) if len(cert.radius) else None}
+    flags = sanity_flags(result.radii, {n: result.outcomes[n].broken for n in names}, result.worst_broken,
+                         acc if cert is not None and cert.space == "input" else None)
+    return certified, flags

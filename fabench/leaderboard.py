@@ -83,8 +83,25 @@ def group_records(records: Iterable[Record]) -> list[Group]:
 
 
 def read_records(results: Path) -> list[Record]:
-    """Every readable record below ``results`` (sorted by path)."""
-    return [rec for _, rec in iter_records(results)]
+    """Every readable record below ``results`` (sorted by path), with its audit (``fabench audit``,
+    ``<record>.audit.json``) summarised in memory as ``flags["audit"]``."""
+    from fabench.audit import read_audit
+
+    out = []
+    for path, rec in iter_records(results):
+        found = read_audit(path, rec.key)
+        if found is not None:
+            rec.flags = {**rec.flags, "audit": {"max_gap": found.get("max_gap"), "n_eval": found.get("n_eval")}}
+        out.append(rec)
+    return out
+
+
+def _audit_label(g: Group) -> str:
+    """``max gap (audited seeds/seeds)`` over the group's audited records, or ``no``."""
+    gaps = [float(r.flags["audit"]["max_gap"]) for r in g.records if "audit" in r.flags]
+    if not gaps:
+        return "no"
+    return f"{max(gaps):.3f} ({len(gaps)}/{len(g.records)})"
 
 
 # -- the per-record frame and its summary -------------------------------------------------------
@@ -207,7 +224,7 @@ def markdown_table(table: TaskTable) -> str:
     """The github-flavoured markdown table of one task."""
     headers = ["recipe", "seeds", "clean acc."]
     headers += [f"robust acc. ε={radius_key(r)}" for r in table.headline_radii]
-    headers += ["median min. L2 dist.", "FA score", "worst case over", "data", "config"]
+    headers += ["median min. L2 dist.", "FA score", "worst case over", "audit gap", "data", "config"]
     rows = []
     for i, g in enumerate(table.groups):
         row = [_recipe_label(g), f"{len(g.seeds)} ({', '.join(map(str, g.seeds))})",
@@ -215,9 +232,9 @@ def markdown_table(table: TaskTable) -> str:
         row += [format_stat(*table.stat(i, robust_column(r))) for r in table.headline_radii]
         row += [format_stat(*table.stat(i, "median_min_distance"), digits=2),
                 format_stat(*table.stat(i, "fa_score")),
-                ", ".join(g.attacks), _data_label(g), f"`{g.config_id}`"]
+                ", ".join(g.attacks), _audit_label(g), _data_label(g), f"`{g.config_id}`"]
         rows.append(row)
-    aligns = ["left", "left"] + ["right"] * (len(headers) - 5) + ["left", "left", "left"]
+    aligns = ["left", "left"] + ["right"] * (len(headers) - 6) + ["left", "left", "left", "left"]
     out: str = tabulate(rows, headers=headers, tablefmt="github", colalign=aligns, disable_numparse=True)
     return out
 

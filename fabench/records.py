@@ -91,13 +91,18 @@ class Record:
     key: str = ""
     schema: int = SCHEMA_VERSION
     provenance: dict[str, Any] = field(default_factory=dict)
+    """fabench's and every providing distribution's version and code hash (see :mod:`fabench.provenance`)."""
     runtime: dict[str, Any] = field(default_factory=dict)
     """How it was computed, outside the key: ``device``, CPU ``threads``, attack ``batch_size``."""
-    """fabench's and every providing distribution's version and code hash (see :mod:`fabench.provenance`)."""
     verified_attacks: list[str] = field(default_factory=list)
     """Attacks whose every claim came with an adversarial example that fabench checked on the model."""
     task_recipe_defaults: dict[str, Any] = field(default_factory=dict)
     """Recipe parameters the task file set (``[recipe_defaults]``), before ``--set`` (for the report)."""
+    certified: dict[str, Any] = field(default_factory=dict)
+    """Certified robust accuracy per radius (:mod:`fabench.certify`), its ``space`` and ``method``;
+    empty when the model has no certificate."""
+    flags: dict[str, Any] = field(default_factory=dict)
+    """Sanity flags (:mod:`fabench.flags`): weak attacks, masking, the bracket's gap."""
 
     @property
     def params(self) -> dict[str, Any]:

@@ -34,12 +34,16 @@ from fabench.evaluation import DEFAULT_ATTACKS, RunConfig, evaluate  # noqa: E40
 from fabench.params import parse_assignments  # noqa: E402
 from fabench.progress import ProgressBar  # noqa: E402
 
+OLD_DEFAULT = ("analytic", "pairwise", "pgd", "deepfool")  # the default protocol before `exact`
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="synthetic")
     p.add_argument("--recipes", default="binary,fine,robust")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS))
+    p.add_argument("--compare", default=",".join(OLD_DEFAULT),
+                   help="a second attack list timed beside --attacks (default: the protocol before exact); '' for none")
     p.add_argument("--n-eval", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -52,21 +56,30 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or str(Path(tmp) / "cache")
-        for recipe in [r for r in args.recipes.split(",") if r]:
-            cfg = RunConfig(task=args.task, recipe=recipe, seed=args.seed,
-                            attacks=[a for a in args.attacks.split(",") if a], n_eval=args.n_eval,
-                            overrides=parse_assignments(args.set), data_dir=args.data_dir, cache_dir=cache)
-            start = time.perf_counter()
-            rec, _, _ = evaluate(cfg, out_dir=Path(tmp) / "results", force=True, progress=ProgressBar(sys.stderr))
-            total = time.perf_counter() - start
-            for stage, seconds in rec.timings.items():
-                rows.append([recipe, stage, seconds])
-            parts = [v for k, v in rec.timings.items() if k.startswith("train: ")]
-            if parts and "train" in rec.timings:
-                rows.append([recipe, "train: head", rec.timings["train"] - sum(parts)])
-            rows.append([recipe, "total (wall)", total])
-    print(f"task {args.task}, {rec.n_eval} test points attacked, attacks {args.attacks}")
-    print(tabulate(rows, headers=["recipe", "stage", "seconds"], floatfmt=".2f", tablefmt="github"))
+        lists = [("default", args.attacks)] + ([("compare", args.compare)] if args.compare else [])
+        totals: dict[str, float] = {}
+        for label, attacks in lists:
+            for recipe in [r for r in args.recipes.split(",") if r]:
+                names = [a for a in attacks.split(",") if a]
+                cfg = RunConfig(task=args.task, recipe=recipe, seed=args.seed,
+                                attacks=tuple(names) if tuple(names) == DEFAULT_ATTACKS else names, n_eval=args.n_eval,
+                                overrides=parse_assignments(args.set), data_dir=args.data_dir, cache_dir=cache)
+                start = time.perf_counter()
+                rec, _, _ = evaluate(cfg, out_dir=Path(tmp) / label, force=True, progress=ProgressBar(sys.stderr))
+                total = time.perf_counter() - start
+                for stage, seconds in rec.timings.items():
+                    rows.append([label, recipe, stage, seconds])
+                parts = [v for k, v in rec.timings.items() if k.startswith("train: ")]
+                if parts and "train" in rec.timings:
+                    rows.append([label, recipe, "train: head", rec.timings["train"] - sum(parts)])
+                rows.append([label, recipe, "total (wall)", total])
+                protocol = sum(v for k, v in rec.timings.items() if k.startswith("attack ") or k == "certify")
+                rows.append([label, recipe, "protocol (attacks + certify)", protocol])
+                totals[label] = totals.get(label, 0.0) + protocol
+    print(f"task {args.task}, {rec.n_eval} test points attacked; default = {args.attacks}"
+          + (f"; compare = {args.compare}" if args.compare else ""))
+    print(tabulate(rows, headers=["protocol", "recipe", "stage", "seconds"], floatfmt=".2f", tablefmt="github"))
+    print("protocol time over all recipes: " + ", ".join(f"{k} {v:.1f}s" for k, v in totals.items()))
     return 0
 
 

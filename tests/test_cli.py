@@ -46,7 +46,7 @@ def test_evaluate_json_record_and_reuse(tmp_path: Path, capsys) -> None:
                 "fa_score", "cosine_matrix", "timings", "versions"):
         assert key in rec
     assert rec["config"]["task_params"]["d"] == 200 and rec["config"]["recipe_params"]["steps"] == 100
-    assert set(rec["robust_accuracy"]) == {"analytic", "pairwise", "pgd", "deepfool", "worst"}
+    assert set(rec["robust_accuracy"]) == {"analytic", "pairwise", "pgd", "deepfool", "exact", "worst"}
     worst = rec["robust_accuracy"]["worst"]
     assert list(worst) == ["0", "2", "4", "8", "16"]
     for a in ("analytic", "pairwise", "pgd", "deepfool"):
@@ -75,7 +75,7 @@ def test_human_output_is_a_table(tmp_path: Path, capsys) -> None:
     [
         (["--task", "synthetc", "--recipe", "binary"], "did you mean 'synthetic'"),
         (["--task", "synthetic", "--recipe", "finee"], "unknown recipe"),
-        (["--task", "synthetic", "--recipe", "fine", "--attacks", "pgd,cw"], "unknown attack 'cw'"),
+        (["--task", "synthetic", "--recipe", "fine", "--attacks", "pgd,cwx"], "unknown attack 'cwx'"),
         (["--task", "synthetic", "--recipe", "fine", "--set", "d"], "malformed --set"),
         (["--task", "synthetic", "--recipe", "fine", "--set", "d=big"], "expected int"),
         (["--task", "synthetic", "--recipe", "fine", "--set", "width=3"], "no task or recipe parameter"),

@@ -1,0 +1,196 @@
+"""AutoAttack's L2 attacks from the reference package ``pyautoattack``: APGD-CE, FAB-L2, Square-L2.
+
+Croce & Hein (2020), "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks". fabench runs the library's own attacks on the classifier's 2-logit view
+``[-g/2, g/2]`` (so cross entropy is ``log(1 + exp(-y g))``; APGD-DLR needs three classes and is
+not used) and checks every adversarial example on the model itself.
+
+The library works in ``[0, 1]^d``. fabench maps each batch there affinely: a bounded task by its
+bounds, an unbounded one (the synthetic task) by a box that contains every point and its ball of
+the largest radius, ``u = (x - lo) / s``; radii are divided by ``s`` and distances multiplied
+back, so the L2 geometry is unchanged. Square-L2 needs images: inputs of ``3 n^2`` or ``n^2``
+features are viewed as ``3 x n x n`` / ``1 x n x n``, others are zero-padded to a square (the
+padding is ignored by the model, so it only costs query budget).
+
+``apgd`` and ``square`` are fixed-radius attacks: one run per radius, only on the points not
+already broken at a smaller radius. ``fab`` minimises the distance and gives a whole curve.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import torch
+
+from fabench import registry
+from fabench.attacks.base import RADIUS_RTOL, is_adversarial, outcome_from_distances, perturbation_norms
+from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fabench.models import Classifier
+
+
+class UnitBoxView(torch.nn.Module):
+    """``u -> model(lo + s * u)`` on (optionally padded, image-shaped) inputs in ``[0, 1]``."""
+
+    def __init__(self, model: "Classifier", shape: tuple[int, ...], lo: torch.Tensor, scale: float,
+                 view: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.model, self.shape, self.lo, self.scale, self.view = model, shape, lo, scale, view
+        self.numel = int(math.prod(shape))
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        u = ((x - self.lo) / self.scale).flatten(1)
+        if self.view is not None:
+            pad = int(math.prod(self.view)) - self.numel
+            u = torch.cat([u, torch.zeros(len(u), pad, dtype=u.dtype)], dim=1).reshape((-1,) + self.view)
+        return u
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        flat = u.flatten(1)[:, : self.numel]
+        return (self.lo + self.scale * flat.reshape((-1,) + self.shape)).to(self.lo.dtype)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.model(self.from_unit(u))
+
+
+def square_view(numel: int) -> tuple[int, int, int]:
+    """An image shape ``c x n x n`` holding ``numel`` features (``c`` = 3 or 1, zero-padded if needed)."""
+    for c in (3, 1):
+        n = math.isqrt(numel // c)
+        if numel % c == 0 and n * n * c == numel:
+            return (c, n, n)
+    n = math.isqrt(numel - 1) + 1
+    return (1, n, n)
+
+
+def unit_box(model: "Classifier", x: torch.Tensor, data: TaskData, max_radius: float, *,
+             image: bool = False) -> UnitBoxView:
+    lo_b, hi_b = data.bounds
+    if math.isfinite(lo_b) and math.isfinite(hi_b):
+        lo, scale = torch.tensor(lo_b, dtype=x.dtype), float(hi_b - lo_b)
+    else:  # a box holding every point's ball of the largest radius
+        margin = 2 * max_radius + 1.0
+        lo = (x.min() - margin).detach().clone()
+        scale = float(x.max() - x.min() + 2 * margin)
+    view = square_view(int(math.prod(x.shape[1:]))) if image else None
+    return UnitBoxView(model, tuple(x.shape[1:]), lo, scale, view)
+
+
+def _fixed_radius(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], box: UnitBoxView,
+    make: Callable[[float], Any], seed: int,
+) -> AttackOutcome:
+    """One run of ``make(eps_unit).perturb`` per radius on the points not yet broken."""
+    n = len(x)
+    distances = torch.full((n,), float("inf"))
+    broken = torch.zeros(len(radii), n, dtype=torch.bool)
+    adversarials = torch.full_like(x, float("nan"))
+    clean_wrong = is_adversarial(model, x, y)
+    distances[clean_wrong] = 0.0
+    adversarials[clean_wrong] = x[clean_wrong]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for i, eps in enumerate(radii):
+            todo = ~(broken[i - 1] if i else clean_wrong)
+            broken[i] = ~todo
+            if eps <= 0 or not todo.any():
+                continue
+            idx = todo.nonzero().squeeze(1)
+            attack = make(float(eps) / box.scale)
+            u_adv = attack.perturb(box.to_unit(x[idx]), y[idx])
+            adv = box.from_unit(u_adv.detach())
+            ok = is_adversarial(model, adv, y[idx])
+            norms = perturbation_norms(adv, x[idx])
+            ok &= norms <= eps * (1 + RADIUS_RTOL) + 1e-6
+            broken[i, idx[ok]] = True
+            distances[idx[ok]] = torch.minimum(distances[idx[ok]], norms[ok])
+            adversarials[idx[ok]] = adv[ok]
+    return AttackOutcome(tuple(float(r) for r in radii), broken, distances, adversarials=adversarials)
+
+
+@registry.attacks.register
+class APGDAttack:
+    meta: ClassVar[Meta] = Meta(
+        name="apgd",
+        description="AutoAttack APGD-CE, L2 (pyautoattack), one run per radius with restarts",
+        reference="Croce & Hein (ICML 2020); pyautoattack.autopgd_base.APGDAttack",
+        params={"steps": 100, "restarts": 5, "rho": 0.75},
+        bounds={"steps": (1, None), "restarts": (1, None), "rho": (0.0, 1.0)},
+    )
+    minimization: ClassVar[bool] = False
+
+    def run(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params, seed: int,
+    ) -> AttackOutcome:
+        from pyautoattack.autopgd_base import APGDAttack as Lib
+
+        box = unit_box(model, x, data, max(radii))
+
+        def make(eps: float) -> Any:
+            return Lib(box, n_iter=int(params["steps"]), norm="L2", n_restarts=int(params["restarts"]),
+                       eps=eps, seed=seed, loss="ce", rho=float(params["rho"]), device=x.device)
+
+        return _fixed_radius(model, x, y, radii, box, make, seed)
+
+
+@registry.attacks.register
+class SquareL2Attack:
+    meta: ClassVar[Meta] = Meta(
+        name="square",
+        description="AutoAttack Square-L2 (pyautoattack): gradient-free, one run per radius",
+        reference="Andriushchenko et al. (ECCV 2020); pyautoattack.square.SquareAttack",
+        params={"queries": 5000, "p_init": 0.8, "restarts": 1},
+        bounds={"queries": (1, None), "p_init": (0.0, 1.0), "restarts": (1, None)},
+    )
+    minimization: ClassVar[bool] = False
+
+    def run(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params, seed: int,
+    ) -> AttackOutcome:
+        from pyautoattack.square import SquareAttack as Lib
+
+        box = unit_box(model, x, data, max(radii), image=True)
+
+        def make(eps: float) -> Any:
+            return Lib(box, norm="L2", n_queries=int(params["queries"]), eps=eps,
+                       p_init=float(params["p_init"]), n_restarts=int(params["restarts"]), seed=seed,
+                       loss="margin", resc_schedule=True, device=x.device)
+
+        return _fixed_radius(model, x, y, radii, box, make, seed)
+
+
+@registry.attacks.register
+class FABAttack:
+    meta: ClassVar[Meta] = Meta(
+        name="fab",
+        description="AutoAttack FAB-L2 (pyautoattack): minimal-distance attack, one run gives a curve",
+        reference="Croce & Hein (ICML 2020); pyautoattack.fab_pt.FABAttack_PT",
+        params={"steps": 100, "restarts": 5, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
+        bounds={"steps": (1, None), "restarts": (1, None), "alpha_max": (0.0, 1.0), "eta": (1.0, None),
+                "beta": (0.0, 1.0)},
+    )
+    minimization: ClassVar[bool] = True
+
+    def run(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params, seed: int,
+    ) -> AttackOutcome:
+        from pyautoattack.fab_pt import FABAttack_PT as Lib
+
+        top = max(max(radii), 1e-6)
+        box = unit_box(model, x, data, 2 * top)
+        lib = Lib(box, norm="L2", n_restarts=int(params["restarts"]), n_iter=int(params["steps"]),
+                  eps=2 * top / box.scale, alpha_max=float(params["alpha_max"]), eta=float(params["eta"]),
+                  beta=float(params["beta"]), seed=seed, device=x.device)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            adv = box.from_unit(lib.perturb(box.to_unit(x), y).detach())
+        ok = is_adversarial(model, adv, y)
+        distances = torch.where(ok, perturbation_norms(adv, x), torch.tensor(float("inf")))
+        adversarials = torch.where(ok.reshape((-1,) + (1,) * (x.dim() - 1)), adv, torch.full_like(adv, float("nan")))
+        out = outcome_from_distances(radii, distances)
+        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)

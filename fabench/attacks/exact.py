@@ -1,0 +1,565 @@
+"""Ground truth for two-layer heads on the input: the minimal L2 adversarial distance, region by region.
+
+A two-layer ReLU head on the input (a :class:`~fabench.models.Classifier` with no backbone) is
+piecewise affine: an *activation region* ``S`` (which units are on) is the polyhedron
+``{z : <w_u, z> + b_u >= 0 for u in S, <= 0 otherwise}`` and inside it every unit is affine. The
+minimal distance from ``x`` to a set ``{z in region S : C_S z <= t}`` is the projection of ``x``
+onto a polyhedron, a small convex QP with ``U + c`` constraints (``U`` units, ``c`` margin rows).
+All constraint normals are combinations of the ``U`` weight vectors, so with an orthonormal basis
+``Q`` of their span (``W^T = Q R``) the QP lives in ``rank(W) <= U`` dimensions even at
+``d = 3072``. The minimal distance is the minimum over regions.
+
+* **Binary and robust heads** (``g = sum_u a_u ReLU(<w_u, z> + b_u)``, the paper's two-layer
+  network and ``f_robust``): in region ``S`` the condition ``y g(z) <= 0`` is one affine row, so
+  the minimum over the ``2^U`` regions is the **exact** minimal distance (the decision is strict,
+  so the boundary ``g = 0`` counts as adversarial and the minimum is attained).
+* **Fine head** (``g = logsumexp_{J+} f_j - logsumexp_{J-} f_j``, not piecewise affine): a sound
+  bracket. For a positive point, in region ``S``, ``{g <= 0}`` contains ``U_{j- in J-} {f_j' -
+  f_{j-} <= -log|A+(S)| for all active j' in J+}`` and is contained in ``U_{j-} {f_j' - f_{j-} <=
+  log|A-(S)| for all j' in J+}``, where ``A+-(S)`` are the groups with an active unit (the others
+  have ``f = 0`` exactly; see :func:`margin_rows`); symmetrically for a negative point. With one
+  active group per class (the usual case) the inner set is exact. The inner union gives
+  a candidate that is then line-searched on the true network (a verified **upper** bound on the
+  minimal distance; this is what the attack reports); the outer union gives a sound **lower**
+  bound (:attr:`ExactResult.lower`).
+
+Every QP is solved through its dual by Hildreth's coordinate ascent (``lambda >= 0``); any dual
+feasible ``lambda`` gives a lower bound, so regions whose bound (or whose cheapest single violated
+constraint) already exceeds the best distance found for the point are pruned, and regions are
+visited in increasing order of that cheap bound. Reported distances are those of adversarial
+examples verified on the model (``Classifier.correct``), so they are never below the true minimum.
+
+**Input bounds.** The QP ignores box constraints. On a bounded task (pixels in ``[0, 1]``) the
+reported candidate is clipped to the box and kept only if the model confirms it; its distance is
+then an upper bound, and :attr:`ExactResult.lower` (the unboxed minimum) is still a sound lower
+bound. ``ExactResult.exact`` says per point whether upper and lower agree (to ``rtol``).
+
+The attack ``exact`` reports ``upper``; where the bracket is open (fine head) it also *polishes*:
+for each radius just below a point's verified distance it runs APGD-CE warm-started from that
+point scaled onto the radius (:func:`polish`), since the true minimiser may switch on a group the
+polyhedral inner sets do not credit (plus ``polish_restarts`` random starts on the points the warm start missed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import torch
+
+from fabench import registry
+from fabench.attacks.base import outcome_from_distances
+from fabench.errors import ConfigError
+from fabench.models.heads import BinaryHead, FineHead, RobustHead
+from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fabench.models import Classifier
+
+MAX_UNITS = 16
+
+
+@dataclass(frozen=True)
+class PiecewiseHead:
+    """A two-layer head as unit weights ``W`` (``U x d``), biases ``b`` and output rows.
+
+    ``kind`` is ``"affine"`` (``g = a . ReLU(W z + b)``, coefficients ``a``) or ``"fine"`` (fine
+    logits ``f = G ReLU(W z + b)`` with group-averaging matrix ``G``, ``k x U``, and ``positive``).
+    """
+
+    kind: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    coef: torch.Tensor
+    positive: torch.Tensor
+
+    @property
+    def units(self) -> int:
+        return int(self.weight.shape[0])
+
+
+def piecewise_head(model: "Classifier", *, max_units: int = MAX_UNITS) -> PiecewiseHead:
+    """The head as :class:`PiecewiseHead`, or a one-line :class:`ConfigError` if it does not qualify."""
+    if not getattr(model, "identity_backbone", False):
+        raise ConfigError("attack exact needs a two-layer head on the input (no backbone); "
+                          "this model has a backbone")
+    head = model.head
+    with torch.no_grad():
+        if isinstance(head, BinaryHead):
+            m = head.m
+            w = head.weight.reshape(2 * m, -1).double()
+            b = head.bias.reshape(2 * m).double()
+            a = torch.cat([torch.full((m,), 1.0 / m), torch.full((m,), -1.0 / m)]).double()
+            hp = PiecewiseHead("affine", w, b, a[None, :], torch.ones(1, dtype=torch.bool))
+        elif isinstance(head, RobustHead):
+            w = head.directions.double()
+            b = -(w @ head.centre.double()) - head.thresholds.double()
+            a = head.positive.double() * 2 - 1
+            hp = PiecewiseHead("affine", w, b, a[None, :], torch.ones(1, dtype=torch.bool))
+        elif isinstance(head, FineHead):
+            k, h = head.k, head.h
+            w = head.weight.reshape(k * h, -1).double()
+            b = head.bias.reshape(k * h).double()
+            g = torch.kron(torch.eye(k, dtype=torch.float64), torch.full((1, h), 1.0 / h))
+            hp = PiecewiseHead("fine", w, b, g, head.positive.clone().bool())
+        else:
+            raise ConfigError(f"attack exact supports the binary, fine and robust heads, not {type(head).__name__}")
+    if hp.units > max_units:
+        raise ConfigError(f"attack exact enumerates 2^units activation regions; this head has {hp.units} "
+                          f"units (at most {max_units})")
+    return hp
+
+
+def margin_rows(
+    hp: PiecewiseHead, sign: int, patterns: torch.Tensor, *, outer: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per region ``S`` (rows of ``patterns``), the adversarial set as a union of ``{M_S a <= t_S}``.
+
+    Returns ``(M, t)`` pairs shaped ``S x c x U`` and ``S x c`` (``a`` = pre-activations; the
+    rows already zero the units that are off in ``S``). Affine heads: one exact set. Fine head
+    (``|J+| = |J-| = n`` or not): one set per other-class logit ``j'``; with ``A_own(S)`` /
+    ``A_other(S)`` the groups with an active unit in ``S`` (the others have ``f = 0``, i.e.
+    ``exp f = 1``, exactly), for an own-class point:
+
+    * inner (sufficient): ``f_j - f_j' <= -log max(1, |A_own|)`` for every ``j in A_own``, since
+      then ``sum_own exp f <= exp f_j' + n_other - 1 <= sum_other exp f``;
+    * outer (necessary): ``g <= 0`` implies, for the largest other logit ``j'``,
+      ``f_j - f_j' <= log max(1, |A_other|)`` for every own ``j``.
+    """
+    pat = patterns.double()
+    if hp.kind == "affine":
+        m = sign * hp.coef[None, :, :] * pat[:, None, :]
+        return [(m, torch.zeros(len(patterns), 1, dtype=torch.float64))]
+    own = hp.positive if sign > 0 else ~hp.positive
+    own_idx, other_idx = own.nonzero().squeeze(1), (~own).nonzero().squeeze(1)
+    active = (pat @ (hp.coef > 0).double().T) > 0  # S x k: group has an active unit
+    if outer:
+        count = active[:, other_idx].sum(1).clamp_min(1).double()
+        t = torch.log(count)[:, None].expand(-1, len(own_idx))
+        keep = torch.ones(len(patterns), len(own_idx), dtype=torch.bool)
+    else:
+        count = active[:, own_idx].sum(1).clamp_min(1).double()
+        t = -torch.log(count)[:, None].expand(-1, len(own_idx))
+        keep = active[:, own_idx]  # rows of inactive own groups are not needed (f_j = 0 exactly)
+    out = []
+    for j in other_idx.tolist():
+        m = (hp.coef[own_idx] - hp.coef[j][None, :])[None, :, :] * pat[:, None, :]
+        m = torch.where(keep[:, :, None], m, torch.zeros_like(m))
+        out.append((m, torch.where(keep, t, torch.zeros_like(t)).contiguous()))
+    return out
+
+
+def hildreth(
+    a: torch.Tensor, h: torch.Tensor, cutoff: torch.Tensor, *, sweeps: int = 400, tol: float = 1e-10,
+    lam0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project the origin onto ``{beta : A beta <= h}`` for a batch (``A``: ``P x C x r``).
+
+    Dual coordinate ascent (Hildreth) on ``max_{lambda >= 0} -1/2 |A^T lambda|^2 - h . lambda``,
+    from ``lam0`` (default 0). Returns ``(beta, dual, lambda)`` with ``beta = -A^T lambda`` (nearly
+    feasible) and ``dual`` a sound lower bound on ``1/2 |beta*|^2`` for any ``lambda >= 0`` (``inf``
+    where the polyhedron is visibly empty). Problems whose bound passes ``cutoff`` (``1/2`` the
+    squared distance to beat) or that converged stop early.
+    """
+    p, c, _ = a.shape
+    gdiag = (a * a).sum(-1)  # P x C
+    zero = gdiag <= 1e-300
+    lam = torch.zeros(p, c, dtype=a.dtype) if lam0 is None else lam0.clamp_min(0.0).clone()
+    v = torch.einsum("pc,pcr->pr", lam, a)
+    empty = (zero & (h < 0)).any(1)
+    dual = -0.5 * (v * v).sum(-1) - (h * lam).sum(-1)
+    dual[empty] = math.inf
+    live = (~empty).nonzero().squeeze(1)
+    inv = torch.where(zero, torch.zeros_like(gdiag), 1.0 / gdiag.clamp_min(1e-300))
+    for sweep in range(sweeps):
+        if len(live) == 0:
+            break
+        al, hl, ll, vl, il = a[live], h[live], lam[live], v[live], inv[live]
+        for j in range(c):
+            gj = (al[:, j] * vl).sum(-1) + hl[:, j]
+            new = (ll[:, j] - gj * il[:, j]).clamp_min(0.0)
+            vl = vl + (new - ll[:, j])[:, None] * al[:, j]
+            ll[:, j] = new
+        lam[live], v[live] = ll, vl
+        if sweep % 10 == 9 or sweep == sweeps - 1:
+            d = -0.5 * (vl * vl).sum(-1) - (hl * ll).sum(-1)
+            dual[live] = d
+            viol = (torch.einsum("pcr,pr->pc", al, -vl) - hl).amax(1).clamp_min(0)
+            primal = 0.5 * (vl * vl).sum(-1)
+            done = ((viol <= tol * (1 + hl.abs().amax(1))) & (primal - d <= tol * (1 + primal))) | (d > cutoff[live])
+            live = live[~done]
+    return -v, dual, lam
+
+
+def project_polyhedron(
+    a: torch.Tensor, h: torch.Tensor, cutoff: torch.Tensor, *, sweeps: int = 400, newton: int = 30,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hildreth` warm-started by a primal-dual active-set (semi-smooth Newton) solve of the dual.
+
+    The active-set iterations find the optimal active set of most problems in a few batched
+    ``C x C`` solves (the Gram matrix of nearly parallel units is ill-conditioned, which makes pure
+    coordinate ascent slow); Hildreth then polishes, keeps ``lambda >= 0`` and certifies the bound.
+    """
+    p, c, _ = a.shape
+    g = a @ a.transpose(1, 2)  # P x C x C
+    scale = torch.diagonal(g, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
+    eye = torch.eye(c, dtype=a.dtype)
+    _, _, lam = hildreth(a, h, cutoff, sweeps=5)
+    free_prev = torch.zeros(p, c, dtype=torch.bool)
+    for _ in range(newton):
+        mu = (g @ lam[:, :, None]).squeeze(2) + h
+        free = (lam - mu / scale[:, None]) > 0
+        both = free[:, :, None] & free[:, None, :]
+        m = torch.where(both, g, eye * scale[:, None, None]) + 1e-12 * scale[:, None, None] * eye
+        rhs = torch.where(free, -h, torch.zeros_like(h))
+        sol = torch.linalg.solve(m, rhs[:, :, None]).squeeze(2)
+        lam = torch.where(free, sol, torch.zeros_like(sol))
+        if bool((free == free_prev).all()):
+            break
+        free_prev = free
+    lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam)).clamp_min(0.0)
+    beta, dual, _ = hildreth(a, h, cutoff, sweeps=sweeps, lam0=lam)
+    return beta, dual
+
+
+@dataclass(frozen=True)
+class ExactResult:
+    """Per point: ``upper`` (distance of a verified adversarial, ``inf`` if none), ``lower`` (sound
+    lower bound on the minimal distance), ``adversarials`` (NaN rows where none), ``exact``."""
+
+    upper: torch.Tensor
+    lower: torch.Tensor
+    adversarials: torch.Tensor
+    exact: torch.Tensor
+
+
+def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
+                  bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest verified adversarial ``clip(x + t delta)``, ``t`` in a few scalings just above 1."""
+    n = len(x)
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    adv = torch.full_like(x, float("nan"))
+    todo = torch.isfinite(delta.flatten(1)).all(1)
+    for t in (1.0, 1 + 1e-7, 1 + 1e-6, 1 + 1e-5, 1 + 1e-4, 1 + 1e-3, 1 + 1e-2):
+        idx = todo.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        cand = (x[idx].double() + t * delta[idx]).clamp(*bounds).to(x.dtype)
+        ok = ~model.correct(cand, y[idx])
+        hit = idx[ok]
+        adv[hit] = cand[ok]
+        best[hit] = (cand[ok].double() - x[hit].double()).flatten(1).norm(dim=1)
+        todo[hit] = False
+    return best, adv
+
+
+def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
+             bounds: tuple[float, float], *, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bisection for the first verified flip on the segment ``x + t delta``, ``t in [0, 1.01]``."""
+    n = len(x)
+    lo = torch.zeros(n, dtype=torch.float64)
+    hi = torch.full((n,), 1.01, dtype=torch.float64)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+
+    def pt(t: torch.Tensor) -> torch.Tensor:
+        return (x.double() + t.reshape(shape) * delta).clamp(*bounds).to(x.dtype)
+
+    reach = ~model.correct(pt(hi), y)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        b = ~model.correct(pt(mid), y)
+        hi = torch.where(b, mid, hi)
+        lo = torch.where(b, lo, mid)
+    final = pt(hi)
+    ok = reach & ~model.correct(final, y)
+    dist = torch.where(ok, (final.double() - x.double()).flatten(1).norm(dim=1), torch.tensor(math.inf, dtype=torch.float64))
+    adv = torch.where(ok.reshape(shape), final, torch.full_like(final, float("nan")))
+    return dist, adv
+
+
+def smooth_margin(hp: PiecewiseHead, z: torch.Tensor, beta: float) -> torch.Tensor:
+    """The head's margin with ``ReLU`` replaced by ``softplus(beta a) / beta`` (``beta = inf``: the
+    true margin). A surrogate only: it gives directions that see units dead at ``z``."""
+    pre = z.flatten(1).double() @ hp.weight.T + hp.bias
+    act = torch.relu(pre) if math.isinf(beta) else torch.nn.functional.softplus(pre, beta=beta)
+    if hp.kind == "affine":
+        return act @ hp.coef[0]
+    f = act @ hp.coef.T
+    return torch.logsumexp(f[:, hp.positive], dim=1) - torch.logsumexp(f[:, ~hp.positive], dim=1)
+
+
+def refine_on_boundary(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, dist: torch.Tensor,
+    bounds: tuple[float, float], *, steps: int = 20, hp: PiecewiseHead | None = None,
+    betas: Sequence[float] = (math.inf, 4.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shorten verified adversarials by projecting ``x`` onto the margin's tangent plane at them.
+
+    At a boundary point ``z`` the set ``{y g <= 0}`` is approximated by its tangent half-space;
+    the projection ``w`` of ``x`` onto it gives a direction, and the first verified flip on the
+    segment from ``x`` towards ``w`` (a little beyond) replaces ``z`` if it is closer. Only
+    improvements are kept, each verified on the model (a DeepFool step taken from the boundary).
+    With ``hp``, tangent planes of softplus surrogates (``betas``) are tried too: they see units
+    that are off at ``z`` but would help if switched on (dead ReLUs again).
+    """
+    sign = (y.float() * 2 - 1).double()
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    adv, dist = adv.clone(), dist.clone()
+    for _ in range(steps):
+        idx = (torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        improved = False
+        for beta in (betas if hp is not None else (math.inf,)):
+            idx = (torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
+            z = adv[idx].double().clone().requires_grad_(True)
+            with torch.enable_grad():
+                g = smooth_margin(hp, z, beta) if hp is not None else model.margin(z.to(x.dtype)).double()
+                (grad,) = torch.autograd.grad(g.sum(), z)
+            s = sign[idx]
+            gd = grad.double().flatten(1) * s[:, None]
+            gz = smooth_margin(hp, z.detach(), math.inf) * s if hp is not None else g.detach() * s
+            xz = (x[idx].double() - z.detach()).flatten(1)
+            nrm2 = (gd * gd).sum(1).clamp_min(1e-300)
+            w = x[idx].double().flatten(1) - ((gz + (gd * xz).sum(1)) / nrm2)[:, None] * gd
+            delta = (w - x[idx].double().flatten(1)) * 1.5
+            d_new, a_new = _line_to(model, x[idx], y[idx], delta.reshape(x[idx].shape), bounds, steps=30)
+            better = d_new < dist[idx] * (1 - 1e-7)
+            if better.any():
+                improved = True
+                adv[idx[better]] = a_new[better]
+                dist[idx[better]] = d_new[better]
+        if not improved:
+            break
+    return adv, dist
+
+
+def _region_min(
+    hp: PiecewiseHead, pre: torch.Tensor, bmat: torch.Tensor, sign: torch.Tensor, *, outer: bool,
+    upper0: torch.Tensor, sweeps: int, batch: int, shrink: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimum over regions (and margin sets) of the projection distance, per point.
+
+    ``pre``: pre-activations ``N x U`` at the points; ``bmat``: ``U x r`` (``W Q``). Returns
+    ``(distance, beta, lower)``: the best projection found (``inf`` if none), its coordinates in
+    the ``r``-dim span, and a sound lower bound (regions pruned by bounds included).
+    """
+    n, u = pre.shape
+    r = bmat.shape[1]
+    patterns = ((torch.arange(2**u)[:, None] >> torch.arange(u)[None, :]) & 1).bool()  # S x U
+    ns = len(patterns)
+    best = upper0.clone().double()
+    beta_best = torch.zeros(n, r, dtype=torch.float64)
+    lower = torch.full((n,), math.inf, dtype=torch.float64)
+    # Region rows: active unit -> -(pre + B beta) <= 0; inactive -> pre + B beta <= 0.
+    sig = torch.where(patterns, -1.0, 1.0).double()  # S x U
+    rows_a = sig[:, :, None] * bmat[None, :, :]  # S x U x r
+    bnorm = bmat.norm(dim=1)  # U
+    for s in (1, -1):
+        pts = (sign == s).nonzero().squeeze(1)
+        if len(pts) == 0:
+            continue
+        sets = margin_rows(hp, s, patterns, outer=outer)
+        for ms, t in sets:  # ms: S x c x U (active units only), t: S x c
+            marg_a = ms @ bmat  # S x c x r
+            p = pre[pts]  # n' x U
+            h_reg = -sig[None, :, :] * p[:, None, :]  # n' x S x U
+            h_marg = t[None, :, :] - torch.einsum("scu,nu->nsc", ms, p)  # n' x S x c
+            h_all = torch.cat([h_reg, h_marg], dim=2)  # n' x S x C
+            norms = torch.cat([bnorm[None, :].expand(ns, u), marg_a.norm(dim=2)], dim=1)  # S x C
+            if shrink > 0:  # every face moved inwards by `shrink` (a distance): interior points only
+                h_all = h_all - shrink * norms[None, :, :]
+            cheap = torch.where(
+                h_all < 0,
+                torch.where(norms[None] > 1e-300, -h_all / norms[None].clamp_min(1e-300), torch.tensor(math.inf, dtype=torch.float64)),
+                torch.zeros((), dtype=torch.float64),
+            ).amax(2)  # n' x S: distance to the farthest single violated halfspace
+            order = cheap.argsort(dim=1)  # per point, nearest regions first
+            cheap_sorted = cheap.gather(1, order)
+            a_all = torch.cat([rows_a, marg_a], dim=1)  # S x C x r
+            per_round = max(1, batch // max(len(pts), 1))
+            for start in range(0, ns, per_round):
+                cols = slice(start, start + per_round)
+                cs_all = cheap_sorted[:, cols]
+                keep = cs_all < best[pts][:, None]
+                if not keep.any():
+                    break  # every remaining region is farther than the best found for its point
+                pi, ci = keep.nonzero(as_tuple=True)
+                si = order[:, cols][pi, ci]
+                cs = cs_all[pi, ci]
+                gp = pts[pi]
+                cut = 0.5 * best[gp] ** 2
+                beta, dual = project_polyhedron(a_all[si], h_all[pi, si], cut, sweeps=sweeps)
+                dist = beta.norm(dim=1)
+                lb = torch.maximum(torch.sqrt(dual.clamp_min(0.0) * 2), cs)
+                viol = (torch.einsum("pcr,pr->pc", a_all[si], beta) - h_all[pi, si]).amax(1)
+                good = (viol <= 1e-7 * (1 + h_all[pi, si].abs().amax(1))) & torch.isfinite(dual)
+                cand = torch.where(good, dist, torch.full_like(dist, math.inf))
+                newbest = best.clone().scatter_reduce_(0, gp, cand, reduce="amin")
+                win = good & (cand == newbest[gp]) & (cand < best[gp])
+                beta_best[gp[win]] = beta[win]
+                best = newbest
+                lower.scatter_reduce_(0, gp, lb, reduce="amin")
+    # Pruned regions have cheap bound >= best found, so min(lower over solved, best) is sound.
+    lower = torch.minimum(lower, best)
+    return best, beta_best, lower
+
+
+_MEMO: "OrderedDict[tuple[Any, ...], ExactResult]" = OrderedDict()
+_MEMO_SIZE = 8
+
+
+def _memo_key(model: "Classifier", x: torch.Tensor, y: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
+    """Identifies a call: the model object, its weights' and the batch's fingerprints, the options."""
+    with torch.no_grad():
+        w = [float(p.double().sum()) for p in model.head.parameters()]
+        w += [float(b.double().sum()) for b in model.head.buffers()]
+        fx = x.double().flatten(1)
+        return (id(model), tuple(w), tuple(x.shape), float(fx.sum()), float((fx * fx).sum()),
+                float((fx * torch.arange(1, fx.shape[1] + 1)).sum()), tuple(y.tolist()), *rest)
+
+
+def exact_distances(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, *, bounds: tuple[float, float] = (-math.inf, math.inf),
+    sweeps: int = 60, batch: int = 4096, rtol: float = 1e-4, with_lower: bool = True,
+) -> ExactResult:
+    """Minimal L2 adversarial distances of a two-layer head on the input (see the module doc).
+
+    ``with_lower=False`` skips the fine head's outer pass (its lower bound is then only the trivial
+    one: ``ExactResult.lower`` is 0 for those points); the binary and robust heads get both anyway.
+    """
+    hp = piecewise_head(model)
+    key = _memo_key(model, x, y, bounds, sweeps, batch, rtol, with_lower or hp.kind != "fine")
+    if key in _MEMO:  # the exact attack and the certificate ask for the same batch
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    n = len(x)
+    flat = x.flatten(1).double()
+    q, rr = torch.linalg.qr(hp.weight.T)  # d x r, r x U
+    bmat = rr.T.contiguous()  # U x r: pre-activations at x + Q beta are pre + bmat @ beta
+    pre = flat @ hp.weight.T + hp.bias
+    sign = y.long() * 2 - 1
+    wrong = ~model.correct(x, y)
+    inf = torch.full((n,), math.inf, dtype=torch.float64)
+    best, beta, lower = _region_min(hp, pre, bmat, sign, outer=False, upper0=inf, sweeps=sweeps, batch=batch)
+    delta = (beta @ q.T).reshape(x.shape)
+    if hp.kind == "affine":
+        upper, adv = _verify_along(model, x, y, delta, bounds)
+        # A minimiser on a piece without interior (e.g. g = 0 on a whole region) may not survive
+        # round-off; those points are solved again on polyhedra shrunk by a tiny distance.
+        redo = (torch.isfinite(best) & torch.isinf(upper)).nonzero().squeeze(1)
+        if len(redo):
+            eta = 1e-6 * (1 + float(best[redo].max().detach()))
+            _, beta2, _ = _region_min(hp, pre[redo], bmat, sign[redo], outer=False, upper0=inf[redo],
+                                      sweeps=sweeps, batch=batch, shrink=eta)
+            up2, adv2 = _verify_along(model, x[redo], y[redo], (beta2 @ q.T).reshape(x[redo].shape), bounds)
+            upper[redo], adv[redo] = up2, adv2
+    else:
+        upper, adv = _line_to(model, x, y, delta, bounds)
+        ok = torch.isfinite(best)
+        upper = torch.where(ok, upper, inf)
+        adv, upper = refine_on_boundary(model, x, y, adv, upper, bounds)
+        if with_lower:
+            _, _, low = _region_min(hp, pre, bmat, sign, outer=True, upper0=upper.clone(), sweeps=sweeps, batch=batch)
+        else:
+            low = torch.zeros(n, dtype=torch.float64)
+    if hp.kind == "fine":
+        lower = low
+    lower = torch.minimum(lower, upper)
+    upper = torch.where(wrong, torch.zeros_like(upper), upper)
+    lower = torch.where(wrong, torch.zeros_like(lower), lower)
+    adv[wrong] = x[wrong]
+    exact = (upper <= lower * (1 + rtol) + 1e-9)
+    result = ExactResult(upper, lower, adv, exact)
+    _MEMO[key] = result
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return result
+
+
+@registry.attacks.register
+class ExactAttack:
+    meta: ClassVar[Meta] = Meta(
+        name="exact",
+        description="ground truth for two-layer heads on the input: min over activation regions of a QP",
+        reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
+        params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05,
+                "polish_restarts": 2},
+        bounds={"sweeps": (1, None), "batch": (1, None), "polish_steps": (0, None), "polish_band": (0.0, None),
+                "polish_restarts": (0, None)},
+    )
+    minimization: ClassVar[bool] = True
+
+    def run(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params, seed: int,
+    ) -> AttackOutcome:
+        """``strict`` (default): a model exact cannot solve is a ConfigError; otherwise (the default
+        protocol) such a model gets an outcome that claims nothing (no point broken)."""
+        if not bool(params["strict"]):
+            try:
+                piecewise_head(model)
+            except ConfigError:
+                n = len(x)
+                return AttackOutcome(tuple(float(r) for r in radii), torch.zeros(len(radii), n, dtype=torch.bool),
+                                     torch.full((n,), math.inf), adversarials=torch.full_like(x, float("nan")))
+        res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
+                              batch=int(params["batch"]), with_lower=False)
+        upper, adv = res.upper.clone(), res.adversarials.clone()
+        if int(params["polish_steps"]) > 0 and not bool(res.exact.all()):
+            upper, adv = polish(model, x, y, radii, upper, adv, res.exact, data=data, seed=seed,
+                                steps=int(params["polish_steps"]), band=float(params["polish_band"]),
+                                restarts=int(params["polish_restarts"]))
+        out = outcome_from_distances(radii, upper.float())
+        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adv)
+
+
+def polish(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], upper: torch.Tensor,
+    adv: torch.Tensor, exact: torch.Tensor, *, data: TaskData, seed: int, steps: int, band: float,
+    restarts: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the bracket is open (fine head), try each radius ``r`` just below a point's verified
+    distance (``r < upper <= (1 + band) r``) with APGD-CE warm-started at the verified point
+    scaled onto the sphere of radius ``r``; keep what the model confirms."""
+    from pyautoattack.autopgd_base import APGDAttack as Lib
+
+    from fabench.attacks.autoattack import unit_box
+    from fabench.attacks.base import RADIUS_RTOL, is_adversarial, perturbation_norms
+
+    upper, adv = upper.clone(), adv.clone()
+    box = unit_box(model, x, data, max(max(radii), 1e-6))
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for r in sorted(float(v) for v in radii):
+            if r <= 0:
+                continue
+            todo = (~exact & torch.isfinite(upper) & (upper > r * (1 + RADIUS_RTOL)) & (upper <= r * (1 + band)))
+            idx = todo.nonzero().squeeze(1)
+            if len(idx) == 0:
+                continue
+            scale = (r / upper[idx]) * (1 - 1e-4)
+            start = x[idx].double() + scale.reshape(shape) * (adv[idx].double() - x[idx].double())
+            lib = Lib(box, n_iter=steps, norm="L2", n_restarts=1, eps=r / box.scale, seed=seed, loss="ce",
+                      device=x.device)
+            u = box.to_unit(x[idx])
+            lib.init_hyperparam(u)
+            _, _, _, u_adv = lib.attack_single_run(u, y[idx], x_init=box.to_unit(start.to(x.dtype)))
+            cand = box.from_unit(u_adv.detach())
+            norms = perturbation_norms(cand, x[idx]).double()
+            ok = is_adversarial(model, cand, y[idx]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[idx])
+            upper[idx[ok]] = norms[ok]
+            adv[idx[ok]] = cand[ok]
+            rest = idx[~ok]
+            if restarts > 0 and len(rest):  # random starts for the points the warm start missed
+                lib = Lib(box, n_iter=steps, norm="L2", n_restarts=restarts, eps=r / box.scale, seed=seed, loss="ce",
+                          device=x.device)
+                cand = box.from_unit(lib.perturb(box.to_unit(x[rest]), y[rest]).detach())
+                norms = perturbation_norms(cand, x[rest]).double()
+                ok = is_adversarial(model, cand, y[rest]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[rest])
+                upper[rest[ok]] = norms[ok]
+                adv[rest[ok]] = cand[ok]
+    return upper, adv

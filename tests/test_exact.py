@@ -1,0 +1,146 @@
+"""The ``exact`` attack against brute force on tiny networks, and against the paper's radii.
+
+Brute force: every activation region of a tiny two-layer head (d <= 8) is solved on its own with
+scipy's SLSQP from several starts (minimise ``|z - x|^2`` subject to the region's sign pattern and
+the adversarial condition evaluated by the true margin), and the minimum is taken.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from fabench.attacks.exact import exact_distances
+from fabench.errors import ConfigError
+from fabench.models import BinaryHead, Classifier, FineHead, RobustHead
+
+
+def brute_force(margin_fn, w: np.ndarray, b: np.ndarray, x: np.ndarray, sign: int, starts: int = 3) -> float:
+    """min |z - x| over every region S of {s g(z) <= 0}, each region by SLSQP from several starts.
+
+    ``margin_fn(z, pattern)`` is the margin on region ``pattern`` (with its gradient), equal to the
+    true margin inside the region.
+    """
+    rng = np.random.default_rng(0)
+    best = math.inf
+    for pattern in itertools.product([0, 1], repeat=len(b)):
+        on = np.array(pattern, dtype=float)
+        sig = 2 * on - 1
+        cons = [
+            {"type": "ineq", "fun": lambda z, sig=sig: sig * (w @ z + b), "jac": lambda z, sig=sig: sig[:, None] * w},
+            {"type": "ineq", "fun": lambda z, on=on: np.array([-sign * margin_fn(z, on)[0]]),
+             "jac": lambda z, on=on: -sign * margin_fn(z, on)[1][None, :]},
+        ]
+        for _ in range(starts):
+            z0 = x + rng.normal(scale=1.0, size=x.shape)
+            res = minimize(lambda z: float(np.sum((z - x) ** 2)), z0, jac=lambda z: 2 * (z - x),
+                           constraints=cons, method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
+            z = res.x
+            if np.all(sig * (w @ z + b) >= -1e-9) and sign * margin_fn(z, on)[0] <= 1e-9:
+                best = min(best, float(np.linalg.norm(z - x)))
+    return best
+
+
+def affine_margin(w: np.ndarray, b: np.ndarray, a: np.ndarray):
+    def fn(z: np.ndarray, on: np.ndarray) -> tuple[float, np.ndarray]:
+        return float((a * on) @ (w @ z + b)), (a * on) @ w
+    return fn
+
+
+def fine_margin(w: np.ndarray, b: np.ndarray, positive: np.ndarray):
+    def fn(z: np.ndarray, on: np.ndarray) -> tuple[float, np.ndarray]:
+        f = on * (w @ z + b)
+        df = on[:, None] * w
+
+        def lse(idx: np.ndarray) -> tuple[float, np.ndarray]:
+            v = f[idx]
+            mx = v.max()
+            e = np.exp(v - mx)
+            return mx + math.log(e.sum()), (e / e.sum()) @ df[idx]
+
+        lp, gp = lse(positive)
+        ln, gn = lse(~positive)
+        return lp - ln, gp - gn
+    return fn
+
+
+def tiny_binary(d: int, m: int, seed: int) -> Classifier:
+    g = torch.Generator().manual_seed(seed)
+    head = BinaryHead(d, m, init_std=1.0, generator=g).double()
+    return Classifier(head)
+
+
+def _points(model: Classifier, d: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = (model.margin(x) > 0).long()  # label = the model's decision: every point correct
+    return x, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])  # seed 2: a minimiser on a region without interior
+def test_exact_matches_brute_force_on_tiny_binary_heads(seed: int) -> None:
+    d, m = 4, 2
+    model = tiny_binary(d, m, seed)
+    x, y = _points(model, d, 5, seed + 10)
+    res = exact_distances(model, x, y)
+    w = model.head.weight.detach().reshape(2 * m, d).numpy()
+    b = model.head.bias.detach().reshape(2 * m).numpy()
+    for i in range(len(x)):
+        a = np.concatenate([np.full(m, 1.0 / m), np.full(m, -1.0 / m)])
+        bf = brute_force(affine_margin(w, b, a), w, b, x[i].numpy(), int(y[i]) * 2 - 1)
+        assert bool(res.exact[i])
+        assert res.upper[i].item() == pytest.approx(bf, abs=1e-5, rel=1e-5)
+        assert res.lower[i].item() <= bf + 1e-6
+
+
+def test_exact_brackets_brute_force_on_a_tiny_fine_head() -> None:
+    d, k = 4, 4
+    g = torch.Generator().manual_seed(3)
+    head = FineHead(d, k, 1, torch.tensor([True, True, False, False]), init_std=1.0, bias=True, generator=g).double()
+    model = Classifier(head)
+    x, y = _points(model, d, 4, 7)
+    res = exact_distances(model, x, y)
+    w = head.weight.detach().reshape(k, d).numpy()
+    b = head.bias.detach().reshape(k).numpy()
+    for i in range(len(x)):
+        bf = brute_force(fine_margin(w, b, np.array([True, True, False, False])), w, b, x[i].numpy(),
+                         int(y[i]) * 2 - 1)
+        assert res.lower[i].item() <= bf + 1e-6
+        assert res.upper[i].item() >= bf - 1e-6
+        assert math.isfinite(res.upper[i].item())
+
+
+def test_exact_gives_the_paper_radii_on_handcrafted_nets() -> None:
+    """Averaging net: sqrt(d/k) exactly; decoupled f_robust with threshold sqrt(d)/2: the own unit
+    switches off at sqrt(d)/2 (g = 0 counts as an error), below the pairwise sqrt(d/2)."""
+    from fabench import registry
+
+    d, k = 200, 10
+    task = registry.tasks.get("synthetic")
+    data = task.load({**task.meta.params, "d": d, "k": k, "n_train": 20, "n_test": 30, "sigma": 0.0}, seed=1)
+    pos = data.positive_mask
+    head = BinaryHead(d, 1, init_std=0.0, bias=False)
+    with torch.no_grad():
+        head.weight[0, 0] = data.features[pos].sum(0) / d
+        head.weight[1, 0] = data.features[~pos].sum(0) / d
+    res = exact_distances(Classifier(head), data.x_test, data.y_test)
+    assert torch.allclose(res.upper, torch.full((30,), math.sqrt(d / k), dtype=torch.float64), rtol=1e-4)
+    robust = Classifier(RobustHead(data.features, pos, torch.full((k,), math.sqrt(d) / 2)))
+    res = exact_distances(robust, data.x_test, data.y_test)
+    assert torch.allclose(res.upper, torch.full((30,), math.sqrt(d) / 2, dtype=torch.float64), rtol=1e-4)
+    assert bool(res.exact.all())
+
+
+def test_exact_refuses_models_it_cannot_solve() -> None:
+    head = BinaryHead(4, 9, init_std=1.0)  # 18 units: 2^18 regions
+    with pytest.raises(ConfigError, match="units"):
+        exact_distances(Classifier(head), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ConfigError, match="backbone"):
+        exact_distances(Classifier(BinaryHead(4, 1), torch.nn.Flatten()), torch.zeros(1, 4),
+                        torch.zeros(1, dtype=torch.long))
