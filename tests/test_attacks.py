@@ -142,3 +142,21 @@ def test_batched_line_search_equals_the_radius_by_radius_scan(budget: int) -> No
     assert torch.equal(torch.isinf(got), torch.isinf(ref))
     fin = torch.isfinite(ref)
     assert torch.allclose(got[fin], ref[fin], rtol=1e-5, atol=40.0 / 16 / 2**20 + 1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["binary", "fine"])
+def test_pgd_bisect_is_never_weaker_than_the_grid(recipe: str) -> None:
+    """Per-point bisection over the radii (+ walk down) finds at least what one run per radius finds."""
+    from fabench.types import FitContext
+
+    task = registry.tasks.get("synthetic")
+    data = task.load({**task.meta.params, "d": 300, "n_train": 300, "n_test": 80}, seed=0)
+    rec = registry.recipes.get(recipe)
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    radii = [float(r) for r in range(0, 25)]
+    grid = run("pgd", model, data, radii, search="grid")
+    bis = run("pgd", model, data, radii, search="bisect")
+    acc_grid, acc_bis = (~grid.broken).float().mean(1), (~bis.broken).float().mean(1)
+    assert 0.9 < float(acc_grid[0]) and float(acc_grid[-1]) < 0.1  # the curve crosses the grid
+    assert torch.all(acc_bis <= acc_grid), (acc_bis - acc_grid).max()
+    assert torch.equal(bis.broken, bis.distances[None, :] <= torch.tensor(radii)[:, None] * (1 + 1e-5))
