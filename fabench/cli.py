@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed, attacks=attacks, radii=radii,
                     n_eval=args.n_eval, overrides=overrides, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                    device=args.device, threads=args.threads, batch_size=args.batch_size)
+                    protocol=args.protocol, device=args.device, threads=args.threads, batch_size=args.batch_size)
     try:
         rec, path, reused = evaluate(cfg, out_dir=out_dir, force=args.force, progress=bar,
                                      notice=_notice)
@@ -242,7 +242,7 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
                             attacks=attack_names(args.attacks),
                             radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.n_eval,
                             overrides=parse_assignments(args.set or []), data_dir=args.data_dir,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, protocol=args.protocol)
             res = resolve(cfg)
             rec = find_record(out_dir, res.task_name, res.recipe_name, seed, res.key)
             if rec is not None:
@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="where real datasets live (default: $FABENCH_DATA or the user cache)")
     ev.add_argument("--cache-dir", help="where trained backbones and features are cached")
     ev.add_argument("--force", action="store_true", help="recompute even if a finished record exists")
+    ev.add_argument("--protocol", default="full", choices=("full", "fast"),
+                    help="full (default): every attack's own curve; fast: each attack only on the points "
+                         "the earlier ones left unbroken (the same or a stronger worst case, cheaper)")
     ev.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps "
                                      "(default: $FABENCH_DEVICE, else auto); recorded, not part of the key")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")

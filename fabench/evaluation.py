@@ -54,6 +54,9 @@ class RunConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "full"
+    """``full`` (every attack's own curve) or ``fast`` (each attack only on what the earlier ones left;
+    the same or a stronger worst case, cheaper); part of the key (:data:`fabench.protocol.PROTOCOL_MODES`)."""
     device: str | None = None
     """``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (default ``$FABENCH_DEVICE``, else ``auto``). Like
     ``threads`` and ``batch_size`` it is recorded in the record's ``runtime``, not in its key."""
@@ -182,6 +185,10 @@ def resolve(cfg: RunConfig) -> Resolved:
              for e in attack_entries]
     radii = check_radii(cfg.radii if cfg.radii is not None else getattr(task, "radii", ()) or (0.0,))
     headline = tuple(r for r in getattr(task, "headline_radii", ()) if r in radii) or radii
+    from fabench.protocol import PROTOCOL_MODES
+
+    if cfg.protocol not in PROTOCOL_MODES:
+        raise ConfigError(f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOL_MODES)}")
     if cfg.n_eval < 0:
         raise ConfigError(f"--n-eval must be >= 0 (0 = all test points), got {cfg.n_eval}")
     config = {
@@ -193,6 +200,7 @@ def resolve(cfg: RunConfig) -> Resolved:
         "attacks": {s.name: dict(s.params) for s in specs},
         "radii": list(radii),
         "n_eval": cfg.n_eval,
+        "protocol": cfg.protocol,
         "seed": cfg.seed,
         "sources": {"task": task.meta.source, "recipe": recipe_entry.source,
                     **{f"attack {e.name}": e.source for e in attack_entries}},
@@ -277,7 +285,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     runtime["batch_size"] = attack_batch_size(device, data.x_test[0].numel() if len(data.x_test) else 1,
                                               requested=cfg.batch_size)
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
-                          batch_size=runtime["batch_size"], device=device, progress=progress)
+                          batch_size=runtime["batch_size"], device=device, mode=cfg.protocol, progress=progress)
     timings.update(result.timings)
     t0 = time.perf_counter()
     model.cpu()  # the certificate of a two-layer head is cheap: on the CPU, like the data

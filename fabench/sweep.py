@@ -56,8 +56,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from fabench.errors import ConfigError, FabenchError, UnknownNameError
 
-GRID_KEYS = ("tasks", "recipes", "seeds", "attacks", "epsilons", "n_eval", "set", "variants", "device", "cpus")
-OVERRIDE_KEYS = ("attacks", "epsilons", "n_eval", "set", "device", "cpus")
+GRID_KEYS = ("tasks", "recipes", "seeds", "attacks", "epsilons", "n_eval", "protocol", "set", "variants", "device",
+             "cpus")
+OVERRIDE_KEYS = ("attacks", "epsilons", "n_eval", "protocol", "set", "device", "cpus")
 TOP_KEYS = ("out", "description", "grid", "task", "recipe") + GRID_KEYS
 DEVICES = ("cpu", "cuda")
 DEFAULT_OUT = "records"
@@ -350,6 +351,9 @@ def load_sweep(
                 radii = _epsilons(opts.get("epsilons"), scoped)
                 n_eval = _int(opts.get("n_eval", 0), "n_eval", scoped, minimum=0)
                 dev = device or _device(opts.get("device", "cpu"), scoped)
+                protocol = opts.get("protocol", "full")
+                if not isinstance(protocol, str):
+                    raise ConfigError(f"{scoped}: protocol must be \"full\" or \"fast\", got {protocol!r}")
                 cpus = _cpus(opts.get("cpus", 1), scoped)
                 common = _assignments(g.get("set", []), where)
                 specific = [_assignments(overrides[s][n]["set"], f"{name}: [{s}.{n}]")
@@ -358,7 +362,7 @@ def load_sweep(
                     sets = common + variant + [p for s in specific for p in s]
                     for seed in seeds:
                         cfg = RunConfig(task=task_ref(task), recipe=recipe, seed=seed, attacks=tuple(attacks),
-                                        radii=radii, n_eval=n_eval, overrides=tuple(sets),
+                                        radii=radii, n_eval=n_eval, protocol=protocol, overrides=tuple(sets),
                                         data_dir=data_dir, cache_dir=cache_dir, device=dev)
                         try:
                             res = resolve(cfg)

@@ -106,3 +106,57 @@ def test_line_search_respects_input_bounds(clean_data) -> None:
     dist = line_search(model, x, y, u, bounds=(-0.1, 0.1), t_max=50.0)
     # clipping x to [-0.1, 0.1] moves it far, so either it flips at some distance or never
     assert torch.all((dist > 0) | torch.isinf(dist))
+
+
+def reference_line_search(model, x, y, directions, *, t_max, scan_points, bisect_steps):
+    """The radius-by-radius scan (one forward pass per scan radius) the batched search replaces."""
+    n = len(x)
+    lo, hi = torch.zeros(n), torch.full((n,), float("inf"))
+    hi[~model.correct(x, y)] = 0.0
+    for t in torch.linspace(0, t_max, scan_points + 1)[1:]:
+        todo = torch.isinf(hi).nonzero().squeeze(1)
+        b = ~model.correct(x[todo] + float(t) * directions[todo], y[todo])
+        hi[todo[b]], lo[todo[~b]] = float(t), float(t)
+    hit = (torch.isfinite(hi) & (hi > 0)).nonzero().squeeze(1)
+    for _ in range(bisect_steps):
+        mid = (lo[hit] + hi[hit]) / 2
+        b = ~model.correct(x[hit] + mid[:, None] * directions[hit], y[hit])
+        hi[hit[b]], lo[hit[~b]] = mid[b], mid[~b]
+    return hi
+
+
+@pytest.mark.parametrize("budget", [50, 400 * 7, 1 << 20])
+def test_batched_line_search_equals_the_radius_by_radius_scan(budget: int) -> None:
+    from fabench.attacks.analytic import line_search
+
+    task = registry.tasks.get("synthetic")
+    data = task.load({**task.meta.params, "d": D, "n_train": 200, "n_test": 120, "sigma": 1.0}, seed=3)
+    torch.manual_seed(0)
+    model = Classifier(BinaryHead(D, 3, init_std=0.3, bias=True))
+    x, y = data.x_test, data.y_test
+    u = torch.randn(len(x), D)
+    u = u / u.norm(dim=1, keepdim=True)
+    ref = reference_line_search(model, x, y, u, t_max=40.0, scan_points=16, bisect_steps=20)
+    got = line_search(model, x, y, u, bounds=data.bounds, t_max=40.0, scan_points=16, bisect_steps=20, budget=budget)
+    assert torch.isfinite(ref).sum() > 30 and torch.isinf(ref).sum() > 0 and (ref == 0).sum() > 0
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    fin = torch.isfinite(ref)
+    assert torch.allclose(got[fin], ref[fin], rtol=1e-5, atol=40.0 / 16 / 2**20 + 1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["binary", "fine"])
+def test_pgd_bisect_is_never_weaker_than_the_grid(recipe: str) -> None:
+    """Per-point bisection over the radii (+ walk down) finds at least what one run per radius finds."""
+    from fabench.types import FitContext
+
+    task = registry.tasks.get("synthetic")
+    data = task.load({**task.meta.params, "d": 300, "n_train": 300, "n_test": 80}, seed=0)
+    rec = registry.recipes.get(recipe)
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    radii = [float(r) for r in range(0, 25)]
+    grid = run("pgd", model, data, radii, search="grid")
+    bis = run("pgd", model, data, radii, search="bisect")
+    acc_grid, acc_bis = (~grid.broken).float().mean(1), (~bis.broken).float().mean(1)
+    assert 0.9 < float(acc_grid[0]) and float(acc_grid[-1]) < 0.1  # the curve crosses the grid
+    assert torch.all(acc_bis <= acc_grid), (acc_bis - acc_grid).max()
+    assert torch.equal(bis.broken, bis.distances[None, :] <= torch.tensor(radii)[:, None] * (1 + 1e-5))

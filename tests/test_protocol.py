@@ -66,3 +66,40 @@ def test_bad_radii_are_config_errors(bad) -> None:
 
 def test_radii_sorted_and_deduplicated() -> None:
     assert check_radii([3, 1, 1, 0]) == (0.0, 1.0, 3.0)
+
+
+@pytest.mark.parametrize("recipe", ["binary", "fine"])
+def test_fast_mode_worst_case_is_never_above_full(data, recipe: str) -> None:
+    from fabench.types import FitContext
+
+    rec = registry.recipes.get(recipe)
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    radii = [float(r) for r in range(0, 21, 2)]
+    # deterministic attacks: the fast worst case is never above the full one
+    det = ("analytic", "pairwise", "deepfool")
+    full = run_protocol(model, data, specs(*det), radii=radii, seed=0, batch_size=40)
+    fast = run_protocol(model, data, specs(*det), radii=radii, seed=0, batch_size=40, mode="fast")
+    assert (full.mode, fast.mode) == ("full", "fast")
+    acc_full, acc_fast = full.robust_accuracy(), fast.robust_accuracy()
+    assert acc_full[0.0] > 0.9 and acc_full[20.0] < 0.1  # the curve crosses the grid
+    assert all(acc_fast[r] <= acc_full[r] for r in radii), (acc_fast, acc_full)
+    # with PGD (random starts, batch-dependent draws) a borderline point may fall either way: a
+    # few points of 100, never a systematic gap
+    names = ("analytic", "pairwise", "pgd", "deepfool")
+    full = run_protocol(model, data, specs(*names), radii=radii, seed=0, batch_size=40)
+    fast = run_protocol(model, data, specs(*names), radii=radii, seed=0, batch_size=40, mode="fast")
+    acc_full, acc_fast = full.robust_accuracy(), fast.robust_accuracy()
+    assert all(acc_fast[r] <= acc_full[r] + 0.03 for r in radii), (acc_fast, acc_full)
+    assert sum(acc_fast.values()) <= sum(acc_full.values()) + 0.05
+    # the worst case is the last attack's cumulative curve; every outcome is monotone and consistent
+    assert torch.equal(fast.outcomes["pgd"].broken, fast.worst_broken)
+    for o in fast.outcomes.values():
+        assert not (o.broken[:-1] & ~o.broken[1:]).any()
+        assert torch.all(o.distances[o.broken[-1] & fast.clean_correct] <= 20.0 * (1 + 1e-5))
+    assert list(fast.outcomes) == list(names) and full.clean_accuracy == fast.clean_accuracy
+
+
+def test_unknown_protocol_mode_is_a_config_error(data) -> None:
+    model = Classifier(RobustHead(data.features, data.positive_mask, torch.full((10,), 5.0)))
+    with pytest.raises(ConfigError, match="mode"):
+        run_protocol(model, data, specs("analytic"), radii=[0, 1], mode="quick")

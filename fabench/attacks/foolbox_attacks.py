@@ -5,6 +5,20 @@ decision that is reported. PGD runs once per radius (it is a fixed-epsilon attac
 points not already broken at a smaller radius; ``restarts`` extra random starts are tried on the
 points that survive. DeepFool runs once and gives every point's (approximately) minimal distance,
 hence a whole robustness curve; each adversarial it returns is checked by the model.
+
+PGD's ``search`` picks how the radii are visited:
+
+* ``"grid"``: foolbox's L2PGD once per radius, in increasing order, on the points not yet broken
+  (up to ``R`` runs; the exhaustive reference);
+* ``"bisect"`` (default): per point, a run at the largest radius, then bisection over the radius
+  grid (about ``1 + log2 R`` runs, each on the points whose fate is not yet decided, each point at
+  its own radius; a random start as foolbox, and where it fails a second run warm-started from the
+  closest adversarial found so far, projected into the new ball), then a walk down from the
+  smallest broken radius while it keeps succeeding, so a point PGD can break below a radius where
+  it failed once is still found. What PGD finds is not monotone in the radius; bisection is not
+  guaranteed to find all that the grid finds (it did on every fixed-seed case tested). It runs
+  the same L2 PGD as foolbox (random start in the ball, normalised-gradient steps of ``rel_stepsize * eps``,
+  projection, clipping; :func:`l2_pgd`) in plain torch, with one epsilon per point.
 """
 
 from __future__ import annotations
@@ -15,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import torch
 
 from fabench import registry
+import torch.nn.functional as F
+
 from fabench.attacks.base import RADIUS_RTOL, is_adversarial, outcome_from_distances, perturbation_norms
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -37,14 +53,62 @@ def _fmodel(model: "Classifier", data: TaskData) -> Any:
     return fb.PyTorchModel(model, bounds=data.bounds, device="cpu")
 
 
+def _per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _clip(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    lo, hi = bounds
+    return x.clamp(lo, hi) if lo > float("-inf") or hi < float("inf") else x
+
+
+def _into_ball(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``delta`` scaled down (never up) to L2 norm at most ``eps`` per point."""
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return delta * _per_point(torch.clamp(eps / norms, max=1.0), delta)
+
+
+def random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Uniform perturbations in the L2 balls of radii ``eps`` (foolbox's ``uniform_l2_n_balls``)."""
+    b, n = x.flatten(1).shape
+    z = torch.randn(b, n + 2)
+    z = z / z.norm(dim=1, keepdim=True)
+    return (z[:, :n] * eps[:, None]).reshape(x.shape).to(x)
+
+
+def l2_pgd(
+    model: "Classifier", x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, start: torch.Tensor, *,
+    steps: int, rel_stepsize: float, bounds: tuple[float, float],
+) -> torch.Tensor:
+    """foolbox's L2PGD with one epsilon per point and a given start ``x0 + start`` (inside the ball).
+
+    ``steps`` ascents of the summed cross-entropy along its L2-normalised gradient with step
+    ``rel_stepsize * eps``, each followed by projection onto the ball and clipping to ``bounds``.
+    """
+    e = _per_point(eps, x0)
+    step = rel_stepsize * e
+    x = _clip(x0 + start, bounds).detach()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, x)
+        g = g / _per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+        x = x.detach() + step * g
+        x = _clip(x0 + _into_ball(x - x0, eps), bounds)
+    return x.detach()
+
+
 @registry.attacks.register
 class PGDAttack:
     meta: ClassVar[Meta] = Meta(
         name="pgd",
-        description="foolbox L2 projected gradient descent, one run per radius (+ random restarts)",
+        description="L2 projected gradient descent (foolbox's L2PGD), per-point bisection over the radii "
+                    "(search=bisect) or one run per radius (search=grid), + random restarts",
         reference="Madry et al. (2018); foolbox.attacks.L2PGD",
-        params={"steps": 50, "rel_stepsize": 0.05, "random_start": True, "restarts": 0},
+        params={"steps": 50, "rel_stepsize": 0.05, "random_start": True, "restarts": 0, "search": "bisect"},
         bounds={"steps": (1, 1_000_000), "rel_stepsize": (1e-9, None), "restarts": (0, 10_000)},
+        choices={"search": ("bisect", "grid")},
     )
     minimization: ClassVar[bool] = False
 
@@ -52,6 +116,10 @@ class PGDAttack:
         self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
         data: TaskData, params: Params, seed: int,
     ) -> AttackOutcome:
+        if str(params.get("search", "grid")) == "bisect":
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                return self._bisect(model, x, y, radii, data=data, params=params)
         fb = import_foolbox()
         fmodel = _fmodel(model, data)
         attack = fb.attacks.L2PGD(
@@ -82,6 +150,75 @@ class PGDAttack:
                     if len(idx) == 0:
                         break
         return AttackOutcome(tuple(float(r) for r in radii), broken, distances)
+
+    def _bisect(
+        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+        data: TaskData, params: Params,
+    ) -> AttackOutcome:
+        """Per-point bisection over the radius grid, then a walk down (see the module docstring)."""
+        r = torch.tensor([float(v) for v in radii], dtype=torch.float64)
+        n, n_r = len(x), len(r)
+        opts = dict(steps=int(params["steps"]), rel_stepsize=float(params["rel_stepsize"]), bounds=data.bounds)
+        tries = 1 + int(params["restarts"])
+        rand = bool(params["random_start"])
+        dist = torch.full((n,), float("inf"))
+        dist[is_adversarial(model, x, y)] = 0.0
+        best = torch.zeros_like(x)  # each point's closest adversarial found (as a perturbation)
+        lo = torch.full((n,), int((r <= 0).sum()) - 1)  # largest radius index known unbroken
+
+        def first_broken() -> torch.Tensor:  # index of the smallest radius >= each distance
+            within = dist.double()[None, :] <= r[:, None] * (1 + RADIUS_RTOL) + 1e-12
+            return (~within).sum(dim=0)
+
+        def probe(idx: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+            """Attack points ``idx`` at radii ``r[at]``: random starts as foolbox (``1 + restarts``),
+            then, where they failed, one run warm-started from the closest adversarial found so far."""
+            eps = r[at].float()
+            found = torch.zeros(len(idx), dtype=torch.bool)
+            for attempt in range(tries + 1):
+                todo = (~found).nonzero().squeeze(1)
+                if attempt == tries:  # the warm start: only points with an adversarial found before
+                    todo = todo[torch.isfinite(dist[idx[todo]]) & (dist[idx[todo]] > 0)]
+                if len(todo) == 0:
+                    continue
+                i, e = idx[todo], eps[todo]
+                if attempt == tries:
+                    start = _into_ball(best[i], e)
+                else:
+                    start = random_in_ball(x[i], e) if rand else torch.zeros_like(x[i])
+                adv = l2_pgd(model, x[i], y[i], e, start, **opts)  # type: ignore[arg-type]
+                norms = perturbation_norms(adv, x[i])
+                ok = is_adversarial(model, adv, y[i]) & (norms <= e * (1 + RADIUS_RTOL) + 1e-6)
+                closer = ok & (norms < dist[i])
+                best[i[closer]] = (adv - x[i])[closer]
+                dist[i[closer]] = norms[closer]
+                found[todo[ok]] = True
+            return found
+
+        hi = first_broken()
+        idx = (hi - lo > 1).nonzero().squeeze(1)
+        if len(idx):  # the largest radius first: a success there warm-starts every later probe
+            top = torch.full((len(idx),), n_r - 1)
+            lo[idx[~probe(idx, top)]] = n_r - 1
+            hi = first_broken()
+            lo = torch.minimum(lo, hi - 1)
+        while True:  # bisection: one batched run per round, each point at its own radius
+            idx = ((hi - lo) > 1).nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            mid = (lo[idx] + hi[idx]) // 2
+            found = probe(idx, mid)
+            lo[idx[~found]] = mid[~found]
+            hi = first_broken()
+            lo = torch.minimum(lo, hi - 1)
+        idx = ((hi < n_r) & (hi > 0) & (lo >= 0) & (r[lo.clamp_min(0)] > 0)).nonzero().squeeze(1)
+        while len(idx):  # walk down from the smallest broken radius while PGD keeps succeeding
+            below = (hi[idx] - 1).clamp_min(0)
+            found = probe(idx, below)
+            hi = first_broken()
+            idx = idx[found]
+            idx = idx[(hi[idx] > 0) & (r[(hi[idx] - 1).clamp_min(0)] > 0)]
+        return outcome_from_distances(radii, dist)
 
 
 @registry.attacks.register
