@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 
 from fabench.errors import ConfigError, RecordWriteError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Part of every configuration (and so of every key): bump it with any change to fabench that
 alters results for unchanged parameters (attack semantics, training code), so that finished
 records of the old code are no longer reused."""

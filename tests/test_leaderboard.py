@@ -17,7 +17,7 @@ import pytest
 
 from fabench import leaderboard
 from fabench.cli import main
-from fabench.records import Record, config_key, radius_key, write_record
+from fabench.records import SCHEMA_VERSION, Record, config_key, radius_key, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "leaderboard"
@@ -31,7 +31,7 @@ def make_record(task: str = "synthetic", recipe: str = "binary", seed: int = 0, 
     robust = robust if robust is not None else {0.0: clean, 10.0: 0.9, 20.0: 0.1}
     radii = sorted(robust)
     config: dict[str, Any] = {
-        "schema": 1, "task": task, "task_params": {"d": 64, "k": 10}, "recipe": recipe,
+        "schema": SCHEMA_VERSION, "task": task, "task_params": {"d": 64, "k": 10}, "recipe": recipe,
         "recipe_params": {"lr": lr, "m": 5}, "attacks": {a: {} for a in attacks}, "radii": radii,
         "n_eval": 0, "seed": seed, "sources": {"task": "fabench", "recipe": source},
     }
