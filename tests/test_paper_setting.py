@@ -22,7 +22,7 @@ from fabench.recipes.training import convergence
 
 pytestmark = pytest.mark.realdata
 
-SMALL = [("task.n_train", "2000"), ("backbone_epochs", "1"), ("backbone_width", "8"), ("steps", "400"), ("lr", "2.0")]
+SMALL = [("task.n_train", "2000"), ("backbone_epochs", "1"), ("backbone_width", "8"), ("steps", "400")]
 ATTACKS = ("analytic", "pairwise", "deepfool")
 
 
@@ -62,7 +62,8 @@ def test_gd_heads_on_cnn_report_convergence(records: dict[str, Record]) -> None:
         bb, tr = rec.model_info["backbone"], rec.model_info["training"]
         assert bb["name"] == "cnn" and bb["test_accuracy"] > 0.7  # ten-class, 1 epoch on 2000 digits
         assert rec.config["recipe_params"]["optimizer"] == "gd" and tr["steps"] == 400
-        assert tr["final_loss"] == rec.model_info["final_loss"] < 0.69  # below log 2, where GD starts
+        start = math.log(2) if recipe == "binary" else math.log(10)  # the loss at a near-zero init
+        assert tr["final_loss"] == rec.model_info["final_loss"] < 0.8 * start
         assert tr["train_accuracy"] > 0.8 and rec.clean_accuracy > 0.8
         assert tr["probe_accuracy"] == bb["test_accuracy"] and 0.0 <= tr["late_decrease"] <= 0.1
         # the verdict, the warning in the record and the one the report prints agree
