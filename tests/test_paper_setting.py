@@ -64,7 +64,7 @@ def test_gd_heads_on_cnn_report_convergence(records: dict[str, Record]) -> None:
         assert rec.config["recipe_params"]["optimizer"] == "gd" and tr["steps"] == 400
         start = math.log(2) if recipe == "binary" else math.log(10)  # the loss at a near-zero init
         assert tr["final_loss"] == rec.model_info["final_loss"] < 0.8 * start
-        assert tr["train_accuracy"] > 0.8 and rec.clean_accuracy > 0.8
+        assert tr["train_accuracy"] > 0.7 and rec.clean_accuracy > 0.7
         assert tr["probe_accuracy"] == bb["test_accuracy"] and 0.0 <= tr["late_decrease"] <= 0.1
         # the verdict, the warning in the record and the one the report prints agree
         assert tr["converged"] == (tr["warning"] is None) == ("warnings" not in rec.model_info)
