@@ -109,6 +109,18 @@ def format_record(rec: Record, *, reused: bool = False, path: Path | None = None
         lines.append("cosine matrix (units x features):")
         lines.append(tabulate([[u] + row for u, row in zip(cm["units"], values)], headers=["unit"] + hdr,
                               floatfmt=".2f", tablefmt="github"))
+    fs = rec.feature_space
+    if fs:
+        hl = [r for r in fs.get("headline_radii", [])]
+        worst = fs.get("robust_accuracy", {}).get("worst", {})
+        lines.append(
+            f"feature space (head alone; radii in units of the median class-mean distance {_fmt(fs.get('scale'), 2)}): "
+            f"clean accuracy {_fmt(fs.get('clean_accuracy'))} · median minimal distance "
+            f"{_fmt(fs.get('median_min_distance'), 2)} · worst case "
+            + ", ".join(f"{r / fs['scale']:.2g}: {_fmt(worst.get(radius_key(r)))}" for r in hl if fs.get("scale"))
+        )
+    for warning in rec.model_info.get("warnings", []):
+        lines.append(f"WARNING: {warning}")
     t = rec.timings
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     if path is not None:

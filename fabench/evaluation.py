@@ -6,12 +6,15 @@ the callback, numbers into the returned :class:`~fabench.records.Record`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, cast
+
+import torch
 
 from fabench import params as P
 from fabench import registry
@@ -20,8 +23,8 @@ from fabench.errors import ConfigError, PluginError, UnknownNameError
 from fabench.flags import sanity_flags
 from fabench.metrics import feature_report
 from fabench.models import Classifier
-from fabench.models.backbones import effective_params
-from fabench.protocol import AttackSpec, check_radii, run_protocol
+from fabench.models.backbones import effective_params, head_inputs
+from fabench.protocol import AttackSpec, check_radii, run_protocol, select_points
 from fabench.provenance import describe_change, provenance
 from fabench.records import (
     SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, record_path, versions,
@@ -287,8 +290,14 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
                           batch_size=runtime["batch_size"], device=device, mode=cfg.protocol, progress=progress)
     timings.update(result.timings)
+    model.cpu()  # the head alone (feature space, certificate) is cheap: on the CPU, like the data
+    feature_space: dict[str, Any] = {}
+    if not model.identity_backbone:  # the head alone, where the theory applies
+        t0 = time.perf_counter()
+        feature_space = feature_space_protocol(model, data, res.attacks, n_eval=cfg.n_eval, seed=cfg.seed,
+                                               mode=cfg.protocol, progress=progress)
+        timings["feature space"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.cpu()  # the certificate of a two-layer head is cheap: on the CPU, like the data
     certified, flags = bracket(model, data, result, names=[s.name for s in res.attacks])
     timings["certify"] = time.perf_counter() - t0
     own, other = report.own_other(data.positive_mask)
@@ -329,6 +338,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         provenance=dict(res.provenance),
         verified_attacks=sorted(a for a, ok in result.verified.items() if ok),
         task_recipe_defaults=dict(res.task_recipe_defaults),
+        feature_space=feature_space,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         key=res.key,
         certified=certified,
@@ -351,3 +361,60 @@ def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str]) -> tupl
     flags = sanity_flags(result.radii, {n: result.outcomes[n].broken for n in names}, result.worst_broken,
                          acc if cert is not None and cert.space == "input" else None)
     return certified, flags
+
+
+#: Feature-space radii, as fractions of the median distance between two head-space class means
+#: (on the paper's synthetic data, sqrt(2d): the averaging net breaks at about 0.22 of it,
+#: sqrt(d/k), the decoupled one at 0.5, sqrt(d/2)).
+FEATURE_SPACE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(21))
+FEATURE_SPACE_HEADLINE = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def feature_space_protocol(
+    model: Classifier, data: TaskData, attacks: Sequence[AttackSpec], *, n_eval: int, seed: int,
+    mode: str = "full", progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """The protocol on the head alone, in its input space (the backbone's features).
+
+    The paper's analysis (Li, Pan, Lyu, Li, ICLR 2025) is about the two-layer head on its inputs:
+    there, with the features ``mu_j`` the class means of the head's training inputs, the analytic
+    and pairwise attacks move exactly along feature directions. The same test points as in pixel
+    space are attacked (``select_points`` with the same ``n_eval`` and seed), unbounded (feature
+    space has no box), at radii ``f * scale`` for ``f`` in :data:`FEATURE_SPACE_FRACTIONS`, where
+    ``scale`` is the median distance between two class means.
+    """
+    mu = model.head_features(data).float()
+    idx = select_points(len(data.x_test), n_eval, seed)
+    z = head_inputs(model.backbone, data.x_test[idx])
+    pair = torch.cdist(mu, mu)[torch.triu(torch.ones(len(mu), len(mu), dtype=torch.bool), diagonal=1)]
+    scale = float(pair.median()) if len(pair) else 1.0
+    radii = tuple(round(f * scale, 6) for f in FEATURE_SPACE_FRACTIONS)
+    headline = tuple(round(f * scale, 6) for f in FEATURE_SPACE_HEADLINE)
+    inf = float("inf")
+    fdata = dataclasses.replace(
+        data, name=f"{data.name} (feature space)", x_train=z[:0], fine_train=data.fine_train[:0], x_test=z,
+        fine_test=data.fine_test[idx], features=mu, bounds=(-inf, inf), radii=radii, headline_radii=headline,
+    )
+    head_only = Classifier(model.head, None, features=mu)
+    head_only.eval()
+
+    def tagged(stage: str, done: int, total: int) -> None:
+        progress(f"feature space: {stage}", done, total)
+
+    result = run_protocol(head_only, fdata, attacks, radii=radii, n_eval=0, seed=seed, mode=mode, progress=tagged)
+    names = [s.name for s in attacks]
+    return {
+        "clean_accuracy": result.clean_accuracy,
+        "robust_accuracy": {a: {radius_key(r): v for r, v in result.robust_accuracy(a).items()}
+                            for a in names + ["worst"]},
+        "median_distance": {a: result.median_distance(a) for a in names + ["worst"]},
+        "median_min_distance": result.median_distance("worst"),
+        "radii": list(radii),
+        "headline_radii": list(headline),
+        "scale": scale,
+        "scale_definition": "median L2 distance between two head-space class means",
+        "fractions": list(FEATURE_SPACE_FRACTIONS),
+        "feature_norm": float(z.norm(dim=1).median()) if len(z) else None,
+        "n_eval": len(idx),
+        "timings": dict(result.timings),
+    }

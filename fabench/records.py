@@ -87,6 +87,10 @@ class Record:
     data_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    feature_space: dict[str, Any] = field(default_factory=dict)
+    """The same protocol on the head alone, in its input space (only for heads on a backbone):
+    ``clean_accuracy``, ``robust_accuracy``, ``median_distance`` per attack and ``worst``,
+    ``radii``, ``headline_radii``, ``scale`` (see :func:`fabench.evaluation.feature_space_protocol`)."""
     created: str = ""
     key: str = ""
     schema: int = SCHEMA_VERSION

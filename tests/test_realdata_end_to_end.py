@@ -1,4 +1,6 @@
-"""End to end on real data: MNIST 5v5 (both heads, shipped settings) and CIFAR-10 5v5 (cnn, cached).
+"""End to end on real data: MNIST 5v5 on pixels (both heads, shipped settings) and CIFAR-10 5v5 (small cnn, cached).
+
+The default (paper-like) settings, GD heads on a trained backbone, are tested in test_paper_setting.py.
 
 The full protocol runs on a seeded subset of test points to stay within CI's few minutes; the
 training settings are the task file's, so these are the numbers a user gets (on fewer points).
@@ -34,7 +36,7 @@ def mnist_records(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(store.OFFLINE_ENV, "1")
         return {
-            recipe: evaluate(RunConfig(task="mnist5v5", recipe=recipe, n_eval=N_EVAL, attacks=ATTACKS,
+            recipe: evaluate(RunConfig(task="mnist5v5-pixels", recipe=recipe, n_eval=N_EVAL, attacks=ATTACKS,
                                        data_dir=str(data_dir), cache_dir=str(cache)), out_dir=out)[0]
             for recipe in ("binary", "fine")
         }
@@ -75,7 +77,7 @@ def test_mnist5v5_binary_averages_more_than_fine(mnist_records: dict[str, Record
 
 def test_cifar5v5_cnn_cache_reuse(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(store.OFFLINE_ENV, "1")
-    common = dict(task="cifar5v5", n_eval=60, attacks=ATTACKS, data_dir=str(data_dir),
+    common = dict(task="cifar5v5-smallcnn", n_eval=60, attacks=ATTACKS, data_dir=str(data_dir),
                   cache_dir=str(tmp_path / "cache"),
                   overrides=[("task.n_train", "1500"), ("backbone_epochs", "1"), ("backbone_width", "8"),
                              ("steps", "300"), ("pgd.steps", "10")])

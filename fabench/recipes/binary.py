@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fabench import registry
 from fabench.models import BinaryHead, Classifier
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
-from fabench.recipes.common import setup_head
+from fabench.recipes.common import setup_head, training_report
 from fabench.recipes.training import descend
 from fabench.types import FitContext, Meta, Params, TaskData
 
@@ -60,5 +60,5 @@ class BinaryRecipe:
             batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
             stage="train binary",
         )
-        info = {"final_loss": history[-1] if history else None, **s.info}
+        info = {**training_report(head, s, data, history), **s.info}
         return Classifier(head, s.backbone, features=s.feature_means(data), info=info)

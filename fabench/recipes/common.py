@@ -18,6 +18,8 @@ from torch import nn
 from fabench import cache
 from fabench.metrics import class_means
 from fabench.models.backbones import build_backbone, head_inputs
+from fabench.models.heads import Head
+from fabench.recipes.training import convergence
 from fabench.types import FitContext, Params, TaskData
 
 FEATURES_CODE_VERSION = 1
@@ -86,3 +88,19 @@ def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSe
     info: dict[str, Any] = {"timings": timings, "backbone": {"name": str(params.get("backbone", "pixels")),
                                                              **build, "features_cache": how}}
     return HeadSetup(backbone, z, torch.Generator().manual_seed(context.seed), info)
+
+
+@torch.no_grad()
+def training_report(head: Head, s: HeadSetup, data: TaskData, history: list[float]) -> dict[str, Any]:
+    """``Classifier.info`` entries of a trained head: final loss, training accuracy of the binary
+    decision (strict, as the protocol counts it) and the convergence verdict
+    (:func:`fabench.recipes.training.convergence`), with its warning also under ``warnings``."""
+    sign = data.y_train.float() * 2 - 1
+    train_acc = float((sign * head.margin(s.z_train) > 0).float().mean()) if len(s.z_train) else float("nan")
+    probe = s.info.get("backbone", {}).get("test_accuracy")
+    verdict = convergence(history, train_accuracy=train_acc,
+                          probe_accuracy=float(probe) if isinstance(probe, (int, float)) else None)
+    out: dict[str, Any] = {"final_loss": history[-1] if history else None, "training": verdict}
+    if verdict["warning"]:
+        out["warnings"] = [verdict["warning"]]
+    return out

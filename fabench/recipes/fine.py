@@ -17,7 +17,7 @@ from fabench import registry
 from fabench.models import Classifier, FineHead
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.binary import GD_BOUNDS, GD_CHOICES, GD_PARAMS
-from fabench.recipes.common import setup_head
+from fabench.recipes.common import setup_head, training_report
 from fabench.recipes.training import descend
 from fabench.types import FitContext, Meta, Params, TaskData
 
@@ -51,5 +51,5 @@ class FineRecipe:
             batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
             stage="train fine",
         )
-        info = {"final_loss": history[-1] if history else None, **s.info}
+        info = {**training_report(head, s, data, history), **s.info}
         return Classifier(head, s.backbone, features=s.feature_means(data), info=info)

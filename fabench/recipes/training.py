@@ -61,3 +61,46 @@ def descend(
         if (step + 1) % max(1, steps // 50) == 0 or step + 1 == steps:
             progress(stage, step + 1, steps)
     return history
+
+
+#: A head has not converged when more than this fraction of its total loss decrease happened in
+#: the last :data:`CONVERGENCE_WINDOW` of its steps (the curve is still falling steeply) ...
+CONVERGENCE_TOL = 0.01
+CONVERGENCE_WINDOW = 0.1
+#: ... or when its training accuracy is this far below the backbone's own (linear, fine-class)
+#: test accuracy: a converged head should separate its training features at least as well as the
+#: backbone's last layer separates unseen ones.
+PROBE_MARGIN = 0.01
+
+
+def convergence(
+    history: list[float], *, train_accuracy: float, probe_accuracy: float | None = None,
+) -> dict[str, object]:
+    """Did gradient descent on the head converge? Final loss, training accuracy, and a verdict.
+
+    The paper (Li, Pan, Lyu, Li, ICLR 2025) analyses the network GD converges to; a head stopped
+    early is not that network. ``late_decrease`` is the loss decrease over the last 10% of the
+    steps as a fraction of the whole decrease (0 on a plateau, 0.1 on a straight line);
+    ``warning`` (None when converged) is the one line a report should print.
+    """
+    n = len(history)
+    info: dict[str, object] = {
+        "steps": n, "final_loss": history[-1] if n else None, "train_accuracy": train_accuracy,
+        "probe_accuracy": probe_accuracy,
+    }
+    reasons = []
+    if n >= 10:
+        start, late, end = history[0], history[int(n * (1 - CONVERGENCE_WINDOW))], history[-1]
+        total = start - end
+        late_decrease = (late - end) / total if total > 0 else 0.0
+        info["late_decrease"] = late_decrease
+        if late_decrease > CONVERGENCE_TOL:
+            reasons.append(f"{late_decrease:.1%} of its loss decrease came in the last "
+                           f"{CONVERGENCE_WINDOW:.0%} of the {n} steps")
+    if probe_accuracy is not None and train_accuracy < probe_accuracy - PROBE_MARGIN:
+        reasons.append(f"training accuracy {train_accuracy:.3f} is below the backbone's own "
+                       f"test accuracy {probe_accuracy:.3f}")
+    info["converged"] = not reasons
+    info["warning"] = ("head training has not converged: " + "; ".join(reasons)
+                       + " (raise recipe.steps or recipe.lr)") if reasons else None
+    return info
