@@ -359,7 +359,8 @@ def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str]) -> tupl
                      "robust_accuracy": {radius_key(r): v for r, v in acc.items()},
                      "median_radius": float(cert.radius.median()) if len(cert.radius) else None}
     flags = sanity_flags(result.radii, {n: result.outcomes[n].broken for n in names}, result.worst_broken,
-                         acc if cert is not None and cert.space == "input" else None)
+                         acc if cert is not None and cert.space == "input" else None,
+                         clean_correct=result.clean_correct)
     return certified, flags
 
 

@@ -142,3 +142,15 @@ def test_crown_alone_is_sound_on_tiny_heads() -> None:
         res = exact_distances(model, x, y)
         assert bool((crown.radius.double() <= res.lower * (1 + 1e-5) + 1e-6).all())
         assert float(crown.radius.mean()) > 0  # it certifies something
+
+
+def test_an_attack_that_claims_nothing_is_silent_not_weak() -> None:
+    """``exact`` in the default list claims nothing on a model it cannot solve: said so, not 'weak'."""
+    from fabench.flags import describe, sanity_flags
+
+    clean = torch.tensor([True, True, False, True])
+    found = torch.tensor([[False, False, True, False], [True, False, True, True]])
+    nothing = (~clean)[None, :].expand(2, 4).clone()
+    flags = sanity_flags((1.0, 2.0), {"pgd": found, "exact": nothing}, found, clean_correct=clean)
+    assert flags["silent"] == ["exact"] and "exact" not in flags["weaker"]
+    assert any("exact found no adversarial example" in line for line in describe(flags))
