@@ -5,7 +5,7 @@ It rebuilds the record's data and model deterministically (same task and recipe 
 seed), picks a seeded subset of the test points (``n_eval``), runs both the record's own attacks
 and the strong suite on it, and reports every radius where the strong suite's worst case is
 below the record protocol's, by how much (robust accuracy, same points). The result is written
-atomically next to the record as ``<record>.audit.json`` with the record's key, so the
+atomically next to the record as ``<record>.audit`` with the record's key, so the
 leaderboard can show whether a row was audited and the largest gap found.
 
 The strong suite (:data:`STRONG_ATTACKS`): AutoAttack's APGD-CE (100 iterations x 5 restarts),
@@ -62,8 +62,8 @@ class AuditResult:
 
 
 def audit_path(record_path: Path) -> Path:
-    """``<record>.audit.json`` beside the record."""
-    return record_path.with_name(record_path.stem + ".audit.json")
+    """``<record>.audit`` (JSON) beside the record: not ``*.json``, so readers of records never take it for one."""
+    return record_path.with_name(record_path.stem + ".audit")
 
 
 def read_audit(record_path: Path, key: str) -> dict[str, Any] | None:

@@ -84,7 +84,7 @@ def group_records(records: Iterable[Record]) -> list[Group]:
 
 def read_records(results: Path) -> list[Record]:
     """Every readable record below ``results`` (sorted by path), with its audit (``fabench audit``,
-    ``<record>.audit.json``) summarised in memory as ``flags["audit"]``."""
+    ``<record>.audit``) summarised in memory as ``flags["audit"]``."""
     from fabench.audit import read_audit
 
     out = []

@@ -1,4 +1,4 @@
-"""``fabench audit``: rebuilds a record's model, runs the strong suite, writes <record>.audit.json."""
+"""``fabench audit``: rebuilds a record's model, runs the strong suite, writes <record>.audit."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_audit_writes_a_keyed_result_that_the_leaderboard_shows(tmp_path: Path, 
     assert main(["audit", str(record), "--n-eval", "20", "--strong", "apgd,exact", "-q",
                  "--strong-set", "apgd.steps=10", "--strong-set", "apgd.restarts=1"]) == 0
     text = capsys.readouterr().out
-    audit_file = record.with_name(record.stem + ".audit.json")
+    audit_file = record.with_name(record.stem + ".audit")
     result = json.loads(audit_file.read_text())
     rec = json.loads(record.read_text())
     assert result["record_key"] == rec["key"] and result["n_eval"] == 20
