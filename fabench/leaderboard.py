@@ -96,6 +96,13 @@ def read_records(results: Path) -> list[Record]:
     return out
 
 
+def _converged_label(g: Group) -> str:
+    """``yes``, or ``no (k/n seeds)`` when the recipe said a head did not converge
+    (``model_info.warnings``; see :func:`fabench.recipes.common.training_report`)."""
+    bad = sum(1 for r in g.records if r.model_info.get("warnings"))
+    return "yes" if not bad else f"**no** ({bad}/{len(g.records)} seeds)"
+
+
 def _audit_label(g: Group) -> str:
     """``max gap (audited seeds/seeds)`` over the group's audited records, or ``no``."""
     gaps = [float(r.flags["audit"]["max_gap"]) for r in g.records if "audit" in r.flags]
@@ -235,7 +242,7 @@ def markdown_table(table: TaskTable) -> str:
     headers += [f"robust acc. ε={radius_key(r)}" for r in table.headline_radii]
     feature_space = any(not math.isnan(table.stat(i, "feature_space_distance")[0]) for i in range(len(table.groups)))
     headers += ["median min. L2 dist."] + (["feature-space median dist. (× class-mean dist.)"] if feature_space else [])
-    headers += ["FA score", "worst case over", "audit gap", "data", "config"]
+    headers += ["FA score", "head converged", "worst case over", "audit gap", "data", "config"]
     rows = []
     for i, g in enumerate(table.groups):
         row = [_recipe_label(g), f"{len(g.seeds)} ({', '.join(map(str, g.seeds))})",
@@ -243,10 +250,10 @@ def markdown_table(table: TaskTable) -> str:
         row += [format_stat(*table.stat(i, robust_column(r))) for r in table.headline_radii]
         row += [format_stat(*table.stat(i, "median_min_distance"), digits=2)]
         row += [format_stat(*table.stat(i, "feature_space_distance"), digits=2)] if feature_space else []
-        row += [format_stat(*table.stat(i, "fa_score")),
+        row += [format_stat(*table.stat(i, "fa_score")), _converged_label(g),
                 ", ".join(g.attacks), _audit_label(g), _data_label(g), f"`{g.config_id}`"]
         rows.append(row)
-    aligns = ["left", "left"] + ["right"] * (len(headers) - 6) + ["left", "left", "left", "left"]
+    aligns = ["left", "left"] + ["right"] * (len(headers) - 7) + ["left"] * 5
     out: str = tabulate(rows, headers=headers, tablefmt="github", colalign=aligns, disable_numparse=True)
     return out
 
@@ -275,7 +282,9 @@ def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[
         "*feature-space median dist.* (heads on a backbone) is the same for the head alone in its "
         "input space, in units of the median distance between two class means (theory on the synthetic "
         "task: 0.22 for averaging, 0.5 for decoupled features); *audit gap* is the largest amount by "
-        "which `fabench audit`'s strong suite beat the protocol (audited seeds / seeds); the *FA score* is 1 for "
+        "which `fabench audit`'s strong suite beat the protocol (audited seeds / seeds); *head converged* is "
+        "**no** where the recipe reported that a head's training had not converged (its loss still "
+        "falling, or its training accuracy below the backbone's); the *FA score* is 1 for "
         "feature averaging (every unit equally aligned with all its class's features) and 0 for "
         "decoupled features. *config* is the first 8 hex digits of the configuration key without "
         "the seed" + (f"; the records are in `{records_dir}`." if records_dir else "."),

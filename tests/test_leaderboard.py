@@ -89,7 +89,7 @@ def test_one_seed_has_no_std_and_missing_values_are_na() -> None:
     (row_line,) = [line for line in md.splitlines() if line.startswith("| binary")]
     cells = [c.strip() for c in row_line.strip("|").split("|")]
     assert cells[:3] == ["binary", "1 (0)", "1.000"]
-    assert "±" not in row_line and cells[-6:-4] == ["n/a", "n/a"] and cells[-3] == "no"
+    assert "±" not in row_line and cells[-7:-5] == ["n/a", "n/a"] and cells[-5] == "yes" and cells[-3] == "no"
     (row,) = leaderboard.rows(leaderboard.build([rec]))
     assert row["clean_accuracy_std"] is None and row["fa_score_mean"] is None
 
