@@ -244,7 +244,7 @@ def test_dry_run_on_the_leaderboard_sweep_lists_every_published_record_as_finish
         (TINY.encode() + b'recipes = ["binary"]\n[task.synthtic]\nn_eval = 3\n', "did you mean 'synthetic'?"),
         (TINY.encode() + b'recipes = ["binray"]\n', "did you mean 'binary'"),
         (TINY.encode().replace(b'"synthetic"', b'"synthetc"') + b'recipes = ["binary"]\n', "did you mean 'synthetic'"),
-        (TINY.encode().replace(b'"pairwise"', b'"cw"') + b'recipes = ["binary"]\n', "unknown attack 'cw'"),
+        (TINY.encode().replace(b'"pairwise"', b'"cwx"') + b'recipes = ["binary"]\n', "unknown attack 'cwx'"),
         (TINY.encode() + b'recipes = ["binary"]\nseeds = "a:b"\n', "seeds must be"),
         (TINY.encode() + b'recipes = ["binary"]\nn_eval = -1\n', "n_eval must be an integer >= 0"),
         (TINY.encode() + b'recipes = ["binary"]\ndevice = "gpu"\n', "device must be one of cpu, cuda"),
