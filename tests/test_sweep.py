@@ -218,13 +218,14 @@ def test_dry_run_on_the_leaderboard_sweep_lists_every_published_record_as_finish
     published = {rec.key for _, rec in iter_records(ROOT / "leaderboard" / "records")}
     sw = S.load_sweep(sweep_file)
     assert sw.out_dir == ROOT / "leaderboard" / "records"
-    assert {j.key for j in sw.jobs} == published and len(sw.jobs) == len(published) == 27
+    n = len(published)
+    assert n > 0 and {j.key for j in sw.jobs} == published and len(sw.jobs) == n
     assert all(S.finished(sw))
     code, out, _ = cli(["sweep", str(sweep_file), "--dry-run"], capsys)
     assert code == 0
-    assert "27 jobs, 27 finished, 0 to run" in out
+    assert f"{n} jobs, {n} finished, 0 to run" in out
     lines = [ln for ln in out.splitlines()[1:] if ln.strip()]
-    assert len(lines) == 27 and all(ln.startswith("finished ") for ln in lines)
+    assert len(lines) == n and all(ln.startswith("finished ") for ln in lines)
     assert {ln.split()[1] for ln in lines} == {k[:8] for k in published}
     # deciding that everything is finished neither imports Ray nor computes anything
     check = ("import sys\nfrom fabench import sweep as S\nsw = S.load_sweep(sys.argv[1])\n"
