@@ -144,3 +144,35 @@ def test_exact_refuses_models_it_cannot_solve() -> None:
     with pytest.raises(ConfigError, match="backbone"):
         exact_distances(Classifier(BinaryHead(4, 1), torch.nn.Flatten()), torch.zeros(1, 4),
                         torch.zeros(1, dtype=torch.long))
+
+
+def test_exact_claims_survive_round_off_in_any_batch_composition() -> None:
+    """A robust head whose nearest adversarials lie where a J+ and a J- unit balance (g = 0 with both
+    units on): every claimed example must stay adversarial however the model batches it (singly,
+    all together, reversed, in pairs), i.e. be pushed beyond round-off (cifar5v5/robust seed 2 once
+    claimed a point that another batch composition classified correctly)."""
+    gen = torch.Generator().manual_seed(3)
+    d, n = 64, 400
+    feats = torch.randn(2, d, generator=gen)
+    feats[1] = 0.9 * feats[0] + 0.45 * feats[1]  # strongly overlapping directions: balanced boundary points
+    head = RobustHead(feats * 10, torch.tensor([True, False]), torch.tensor([1.0, 1.0]))
+    model = Classifier(head)
+    u = head.directions
+    x = 3.0 * u[0] + 0.5 * torch.randn(n, d, generator=gen)
+    y = torch.ones(n, dtype=torch.long)
+    keep = model.correct(x, y)
+    x, y = x[keep], y[keep]
+    res = exact_distances(model, x, y)
+    claimed = torch.isfinite(res.upper)
+    assert int(claimed.sum()) > 100
+    adv, yc = res.adversarials[claimed], y[claimed]
+    with torch.no_grad():
+        both_on = (((adv - head.centre) @ u.T - head.thresholds) > 0).all(1)
+        assert int(both_on.sum()) > 20, "the test must exercise balanced boundary points"
+        singly = torch.cat([model.margin(a[None]) for a in adv])
+        together = model.margin(adv)
+        reversed_ = model.margin(adv.flip(0)).flip(0)
+        pairs = torch.cat([model.margin(adv[i : i + 2]) for i in range(0, len(adv), 2)])
+    for g in (singly, together, reversed_, pairs):
+        assert bool((g <= 0).all())
+    assert bool(~model.correct(adv, yc).any())

@@ -235,6 +235,48 @@ class ExactResult:
     exact: torch.Tensor
 
 
+#: Round-off a claimed adversarial must survive, in units of the model's machine epsilon: each unit's
+#: pre-activation may be off by ``DECISIVE_ULPS * eps * (|w_u| |z| + |b_u|)`` (``eps`` = 1.2e-7 for
+#: float32), e.g. when it is evaluated in another batch composition.
+DECISIVE_ULPS = 4.0
+
+
+def decisive_rtol(dtype: torch.dtype) -> float:
+    return DECISIVE_ULPS * float(torch.finfo(dtype).eps)
+
+
+def decisively_wrong(model: "Classifier", hp: PiecewiseHead, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Adversarial on the model (:meth:`Classifier.correct`) *and* under every perturbation of the
+    pre-activations within round-off (see :data:`DECISIVE_ULPS`), computed in float64.
+
+    The minimiser of a region's QP lies exactly on its boundary (``g = 0``, or a unit exactly at its
+    threshold), where float32 round-off in another batch composition can move it back onto the
+    correct side; such a point fails this test and is pushed a little further along its direction.
+    The worst case is monotone per unit: units that help the true class at their upper end, the
+    others at their lower end (the fine head's log-sum-exp is monotone in every group logit).
+    """
+    wrong = ~model.correct(z, y)
+    flat = z.flatten(1).double()
+    pre = flat @ hp.weight.T + hp.bias
+    eps = decisive_rtol(z.dtype) * (flat.norm(dim=1, keepdim=True) * hp.weight.norm(dim=1) + hp.bias.abs())
+    up, down = torch.relu(pre + eps), torch.relu(pre - eps)
+    pos = y.bool()
+    if hp.kind == "affine":
+        a = hp.coef[0]
+        helps = torch.where(pos[:, None], a > 0, a < 0)  # units whose growth moves g towards the true class
+        act = torch.where(helps, up, down)
+        worst = torch.where(pos, act @ a, -(act @ a))
+    else:
+        own = torch.where(pos[:, None], hp.positive[None, :], ~hp.positive[None, :])  # n x k groups
+        unit_own = own.double() @ (hp.coef > 0).double()  # n x U: 1 where the unit belongs to an own group
+        act = torch.where(unit_own > 0, up, down)
+        f = act @ hp.coef.T
+        ninf = torch.tensor(-math.inf, dtype=f.dtype)
+        worst = (torch.logsumexp(torch.where(own, f, ninf), dim=1)
+                 - torch.logsumexp(torch.where(own, ninf, f), dim=1))
+    return wrong & (worst <= 0)
+
+
 def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
                   bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Smallest verified adversarial ``clip(x + t delta)``, ``t`` in a few scalings just above 1."""
@@ -242,12 +284,14 @@ def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: 
     best = torch.full((n,), math.inf, dtype=torch.float64)
     adv = torch.full_like(x, float("nan"))
     todo = torch.isfinite(delta.flatten(1)).all(1)
-    for t in (1.0, 1 + 1e-7, 1 + 1e-6, 1 + 1e-5, 1 + 1e-4, 1 + 1e-3, 1 + 1e-2):
+    hp = piecewise_head(model)
+    for t in (1.0, 1 + 1e-7, 1 + 3e-7, 1 + 1e-6, 1 + 2e-6, 1 + 4e-6, 1 + 7e-6, 1 + 1e-5, 1 + 2e-5, 1 + 1e-4,
+              1 + 1e-3, 1 + 1e-2):
         idx = todo.nonzero().squeeze(1)
         if len(idx) == 0:
             break
         cand = (x[idx].double() + t * delta[idx]).clamp(*bounds).to(x.dtype)
-        ok = ~model.correct(cand, y[idx])
+        ok = decisively_wrong(model, hp, cand, y[idx])
         hit = idx[ok]
         adv[hit] = cand[ok]
         best[hit] = (cand[ok].double() - x[hit].double()).flatten(1).norm(dim=1)
@@ -266,14 +310,15 @@ def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch
     def pt(t: torch.Tensor) -> torch.Tensor:
         return (x.double() + t.reshape(shape) * delta).clamp(*bounds).to(x.dtype)
 
-    reach = ~model.correct(pt(hi), y)
+    hp = piecewise_head(model)
+    reach = decisively_wrong(model, hp, pt(hi), y)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        b = ~model.correct(pt(mid), y)
+        b = decisively_wrong(model, hp, pt(mid), y)
         hi = torch.where(b, mid, hi)
         lo = torch.where(b, lo, mid)
     final = pt(hi)
-    ok = reach & ~model.correct(final, y)
+    ok = reach & decisively_wrong(model, hp, final, y)
     dist = torch.where(ok, (final.double() - x.double()).flatten(1).norm(dim=1), torch.tensor(math.inf, dtype=torch.float64))
     adv = torch.where(ok.reshape(shape), final, torch.full_like(final, float("nan")))
     return dist, adv
@@ -451,7 +496,11 @@ def exact_distances(
         # round-off; those points are solved again on polyhedra shrunk by a tiny distance.
         redo = (torch.isfinite(best) & torch.isinf(upper)).nonzero().squeeze(1)
         if len(redo):
-            eta = 1e-6 * (1 + float(best[redo].max().detach()))
+            # shrink by twice the round-off margin decisively_wrong asks for, at the farthest candidate
+            reach = float((flat[redo].norm(dim=1) + best[redo]).detach().max())
+            eta = max(1e-6 * (1 + float(best[redo].detach().max())),
+                      2 * decisive_rtol(x.dtype) * (float(hp.weight.detach().norm(dim=1).max()) * reach
+                                                    + float(hp.bias.detach().abs().max())))
             _, beta2, _ = _region_min(hp, pre[redo], bmat, sign[redo], outer=False, upper0=inf[redo],
                                       sweeps=sweeps, batch=batch, shrink=eta)
             up2, adv2 = _verify_along(model, x[redo], y[redo], (beta2 @ q.T).reshape(x[redo].shape), bounds)
