@@ -202,3 +202,20 @@ def test_published_leaderboard_regenerates_exactly(tmp_path: Path) -> None:
     assert sorted(committed) == sorted(regenerated)
     differing = [name for name in committed if committed[name] != regenerated[name]]
     assert not differing, f"leaderboard/ differs from its records in {differing}; run scripts/publish_leaderboard.sh"
+
+
+def test_readme_results_tables_are_the_published_ones() -> None:
+    """README.md's Results tables (between `<!-- results:TASK -->` markers) equal leaderboard/README.md's."""
+    import importlib.util
+
+    root = PUBLISHED.parent
+    spec = importlib.util.spec_from_file_location("readme_results", root / "scripts" / "readme_results.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (root / "README.md").read_text()
+    tables = mod.leaderboard_tables((PUBLISHED / "README.md").read_text())
+    assert {"synthetic", "mnist5v5", "cifar5v5"} <= set(tables)
+    assert readme.count("<!-- results:") >= 3
+    _, changed = mod.sync(readme, tables)
+    assert not changed, f"README tables differ from leaderboard/README.md for {changed}: python scripts/readme_results.py"
