@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch
-from torch import nn
-
+from fabench._lazy import lazy, no_grad
 from fabench.errors import ConfigError, DataError, UnknownNameError
 from fabench.types import FitContext, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    from torch import nn
+else:
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
 
 BackboneBuilder = Callable[[str, TaskData, Params, FitContext], "nn.Module | None"]
 
@@ -186,7 +191,7 @@ def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn
     return module
 
 
-@torch.no_grad()
+@no_grad
 def head_inputs(
     module: nn.Module | None, x: torch.Tensor, *, batch_size: int = 512
 ) -> torch.Tensor:

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from fabench._lazy import lazy, no_grad
 from fabench import cache
 from fabench.metrics import class_means
 from fabench.models.backbones import build_backbone, head_inputs
-from fabench.models.heads import Head
 from fabench.recipes.training import convergence
 from fabench.types import FitContext, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    from torch import nn
+
+    from fabench.models.heads import Head
+else:
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
 
 FEATURES_CODE_VERSION = 1
 
@@ -90,7 +96,7 @@ def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSe
     return HeadSetup(backbone, z, torch.Generator().manual_seed(context.seed), info)
 
 
-@torch.no_grad()
+@no_grad
 def training_report(head: Head, s: HeadSetup, data: TaskData, history: list[float]) -> dict[str, Any]:
     """``Classifier.info`` entries of a trained head: final loss, training accuracy of the binary
     decision (strict, as the protocol counts it) and the convergence verdict
