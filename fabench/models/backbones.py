@@ -181,11 +181,11 @@ def _robustbench(name: str, data: TaskData, params: Params, context: FitContext)
 
 
 def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn.Module | None:
-    """Build (or load from cache) the backbone that ``params['backbone']`` names."""
+    """Build (or load from cache) the backbone that ``params['backbone']`` names, on ``context.device``."""
     name = str(params.get("backbone", "pixels"))
     module = BACKBONES[_lookup(name)](name, data, params, context)
     if module is not None:
-        module.eval()
+        module.to(context.device).eval()
         for p in module.parameters():
             p.requires_grad_(False)
     return module
@@ -195,7 +195,21 @@ def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn
 def head_inputs(
     module: nn.Module | None, x: torch.Tensor, *, batch_size: int = 512
 ) -> torch.Tensor:
-    """The head's inputs for ``x``: flattened inputs, or the backbone's features."""
+    """The head's inputs for ``x``: flattened inputs, or the backbone's features.
+
+    ``x`` stays where it is; its batches go to the backbone's device and the features come back
+    to ``x``'s device (the data and the caches live on the CPU)."""
     if module is None:
         return x.flatten(1)
-    return torch.cat([module(x[i : i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)])
+    dev = module_device(module)
+    return torch.cat([module(x[i : i + batch_size].to(dev)).flatten(1).to(x.device)
+                      for i in range(0, len(x), batch_size)])
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` runs: the device of its first parameter or buffer (the CPU if it has none)."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")

@@ -56,8 +56,8 @@ class BinaryRecipe:
         head = BinaryHead(
             s.dim, int(params["m"]), init_std=float(params["init_std"]), bias=bool(params["bias"]),
             generator=s.generator,
-        )
-        sign = data.y_train.float() * 2 - 1
+        ).to(s.device)  # initialised on the CPU (device-independent), trained on context.device
+        sign = data.y_train.float().to(s.device) * 2 - 1
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
             return F.softplus(-sign[idx] * head.margin(s.z_train[idx])).mean()

@@ -46,8 +46,8 @@ class FineRecipe:
         head = FineHead(
             s.dim, data.num_classes, int(params["h"]), data.positive_mask,
             init_std=float(params["init_std"]), bias=bool(params["bias"]), generator=s.generator,
-        )
-        target = data.fine_train
+        ).to(s.device)  # initialised on the CPU (device-independent), trained on context.device
+        target = data.fine_train.to(s.device)
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(head.fine_logits(s.z_train[idx]), target[idx])

@@ -51,5 +51,5 @@ class RobustRecipe:
         else:
             raise ConfigError(f"robust.centre must be 'none' or 'mean', got {params['centre']!r}")
         thresholds = frac * (mu - centre).norm(dim=1)
-        head = RobustHead(mu - centre, data.positive_mask, thresholds, centre)
+        head = RobustHead(mu - centre, data.positive_mask, thresholds, centre).to(s.device)
         return Classifier(head, s.backbone, features=mu, info=s.info)
