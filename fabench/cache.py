@@ -22,9 +22,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+from fabench._lazy import lazy
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 log = logging.getLogger(__name__)
 

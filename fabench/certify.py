@@ -30,10 +30,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
+from fabench._lazy import lazy
 from fabench.attacks.exact import MAX_UNITS, PiecewiseHead, exact_distances, piecewise_head
 from fabench.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier

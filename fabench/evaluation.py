@@ -12,17 +12,15 @@ import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
-import torch
-
+from fabench._lazy import lazy, lazy_attr
 from fabench import params as P
 from fabench import registry
 from fabench.certify import certify
 from fabench.errors import ConfigError, PluginError, UnknownNameError
 from fabench.flags import sanity_flags
 from fabench.metrics import feature_report
-from fabench.models import Classifier
 from fabench.models.backbones import effective_params, head_inputs
 from fabench.protocol import AttackSpec, check_radii, run_protocol, select_points
 from fabench.provenance import describe_change, provenance
@@ -33,6 +31,14 @@ from fabench.records import (
 from fabench.taskfiles import load_task_file
 from fabench.types import Attack, FitContext, ProgressFn, Task, TaskData, no_progress
 from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded, who
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+
+    from fabench.models import Classifier
+else:
+    torch = lazy("torch")
+    Classifier = lazy_attr("fabench.models.classifier", "Classifier")
 
 DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool", "exact")
 """The default protocol. ``exact`` (the ground truth of two-layer heads on the input) sees through

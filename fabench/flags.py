@@ -13,9 +13,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
+from fabench._lazy import lazy
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 GRADIENT_FREE = ("square",)
 GRADIENT = ("pgd", "apgd", "deepfool", "fab", "cw", "surrogate")

@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from fabench._lazy import lazy
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 
 def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

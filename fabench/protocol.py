@@ -32,16 +32,21 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import numpy as np
-import torch
-
+from fabench._lazy import lazy
 from fabench.errors import ConfigError
-from fabench.models import Classifier
 from fabench.types import Attack, AttackOutcome, ProgressFn, TaskData, no_progress
 from fabench.validation import MAX_RADII, MAX_RADIUS, check_outcome
 
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import numpy as np
+    import torch
+
+    from fabench.models import Classifier
+else:
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 @dataclass(frozen=True)
 class AttackSpec:

@@ -132,6 +132,49 @@ def test_help_and_usage_errors_import_no_torch() -> None:
     assert out == ["0", "2", "False"]
 
 
+HEAVY = ("torch", "foolbox", "pandas", "matplotlib")
+
+
+def heavy_imports_after(argv_list: list[list[str]]) -> tuple[list[int], list[str]]:
+    """Exit codes of ``fabench ARGV`` for each ARGV (one fresh interpreter, quiet), and which of
+    :data:`HEAVY` it imported."""
+    code = ("import sys, io, json, contextlib; from fabench import cli\n"
+            "codes = []\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            f"    for argv in {argv_list!r}:\n"
+            "        codes.append(cli.main(argv))\n"
+            f"print(json.dumps([codes, sorted(m for m in {HEAVY!r} if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    codes, heavy = json.loads(out.splitlines()[-1])
+    return codes, heavy
+
+
+def test_list_and_input_errors_import_no_torch() -> None:
+    """Listing (with patterns and -v) and input errors are answered from the registries' metadata:
+    no torch, foolbox, pandas or matplotlib is imported (``import torch`` alone takes seconds)."""
+    codes, heavy = heavy_imports_after([
+        ["list"], ["list", "recipes", "-v"], ["list", "attacks", "p*"], ["list", "tasks", "mnist*"],
+        ["evaluate", "--task", "nosuch", "--recipe", "binary"],
+        ["evaluate", "--task", "synthetic", "--recipe", "binary", "--set", "m=0"],
+        ["evaluate", "--task", "synthetic", "--recipe", "fine", "--attacks", "nosuch"],
+    ])
+    assert codes == [0, 0, 0, 0, 2, 2, 2]
+    assert heavy == []
+
+
+def test_reused_record_imports_no_torch(tmp_path: Path, capsys) -> None:
+    """A finished record is found and reported (resolve, key, provenance, lookup) without torch;
+    the same command with --force does import it (the check can fail)."""
+    argv = ["evaluate", *SMALL, "--recipe", "robust", "--attacks", "analytic", "--out", str(tmp_path)]
+    assert run(argv, capsys)[0] == 0
+    [path] = files(tmp_path)
+    stamp = path.stat().st_mtime_ns
+    codes, heavy = heavy_imports_after([argv, [*argv, "--json"]])
+    assert codes == [0, 0] and heavy == [] and path.stat().st_mtime_ns == stamp
+    codes, heavy = heavy_imports_after([[*argv, "--force"]])
+    assert codes == [0] and "torch" in heavy
+
+
 def test_list_kinds_are_the_registries() -> None:
     from fabench import registry
     from fabench.cli import REGISTRY_KINDS

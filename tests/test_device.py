@@ -66,3 +66,47 @@ def test_cuda_agrees_with_cpu(tmp_path: Path) -> None:  # pragma: no cover - nee
     assert abs(gpu.clean_accuracy - cpu.clean_accuracy) <= 0.026  # one point of 40
     for r, v in cpu.robust_accuracy["worst"].items():
         assert abs(gpu.robust_accuracy["worst"][r] - v) <= 0.051  # two points of 40 (float round-off)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("recipe", ["binary", "fine", "robust"])
+def test_recipes_train_on_the_context_device(recipe: str, device: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe trains its head on ``FitContext.device`` (every parameter and every loss there),
+    returns its classifier there, and learns the same weights as on the CPU (CPU-seeded init)."""
+    from fabench import registry
+    from fabench.data.synthetic import SyntheticClusters
+    from fabench.recipes import binary, fine
+    from fabench.types import FitContext
+
+    seen: list[tuple[str, ...]] = []
+    for module in (binary, fine):
+        real = module.descend
+
+        def spy(parameters: list[torch.nn.Parameter], loss: object, *a: object, _real: object = real,
+                **kw: object) -> list[float]:
+            def loss_spy(idx: torch.Tensor) -> torch.Tensor:
+                value = loss(idx)  # type: ignore[operator]
+                seen.append((str(value.device.type),))
+                return value
+
+            seen.append(tuple(sorted({p.device.type for p in parameters})))
+            return _real(parameters, loss_spy, *a, **kw)  # type: ignore[operator, no-any-return]
+
+        monkeypatch.setattr(module, "descend", spy)
+    task = SyntheticClusters()
+    data = task.load({**task.defaults, **dict(SMALL)}, seed=0, data_dir=None, progress=lambda *a: None)
+    rec = registry.recipes.get(recipe)
+    params = {**rec.meta.params, "steps": 20} if recipe != "robust" else dict(rec.meta.params)
+    model = rec.fit(data, params, context=FitContext(seed=0, cache_dir=str(tmp_path), device=device))
+    assert {p.device.type for p in model.head.parameters()} | {b.device.type for b in model.head.buffers()} \
+        == {device}
+    if recipe != "robust":
+        assert seen and all(s == (device,) for s in seen)
+    reference = rec.fit(data, params, context=FitContext(seed=0, cache_dir=str(tmp_path), device="cpu"))
+    for p, q in zip(model.head.parameters(), reference.head.parameters()):
+        assert torch.allclose(p.detach().cpu(), q.detach(), rtol=1e-4, atol=1e-7)

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
-import torch
-
+from fabench._lazy import lazy
 from fabench import registry
 from fabench.attacks.base import outcome_from_distances
 from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier

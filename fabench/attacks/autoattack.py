@@ -21,17 +21,21 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
-import torch
-
+from fabench._lazy import TorchModule, lazy
 from fabench import registry
 from fabench.attacks.base import RADIUS_RTOL, is_adversarial, outcome_from_distances, perturbation_norms
 from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier
 
 
-class UnitBoxView(torch.nn.Module):
+class UnitBoxView(TorchModule):  # a torch.nn.Module (made on first use: see fabench._lazy)
     """``u -> model(lo + s * u)`` on (optionally padded, image-shaped) inputs in ``[0, 1]``."""
 
     def __init__(self, model: "Classifier", shape: tuple[int, ...], lo: torch.Tensor, scale: float,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
+from fabench._lazy import lazy
 from fabench.types import AttackOutcome
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier

@@ -47,13 +47,21 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-import torch
-
+from fabench._lazy import lazy, lazy_attr
 from fabench import registry
 from fabench.attacks.base import outcome_from_distances
 from fabench.errors import ConfigError
-from fabench.models.heads import BinaryHead, FineHead, RobustHead
 from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+
+    from fabench.models.heads import BinaryHead, FineHead, RobustHead
+else:
+    torch = lazy("torch")
+    BinaryHead = lazy_attr("fabench.models.heads", "BinaryHead")
+    FineHead = lazy_attr("fabench.models.heads", "FineHead")
+    RobustHead = lazy_attr("fabench.models.heads", "RobustHead")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier

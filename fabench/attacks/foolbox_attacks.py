@@ -26,13 +26,18 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-import torch
-
+from fabench._lazy import lazy
 from fabench import registry
-import torch.nn.functional as F
 
 from fabench.attacks.base import RADIUS_RTOL, is_adversarial, outcome_from_distances, perturbation_norms
 from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier

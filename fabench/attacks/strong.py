@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
-import torch
-
+from fabench._lazy import lazy
 from fabench import registry
 from fabench.attacks.base import is_adversarial, outcome_from_distances, perturbation_norms
 from fabench.attacks.autoattack import unit_box
 from fabench.attacks.foolbox_attacks import import_foolbox
 from fabench.types import AttackOutcome, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier

@@ -23,15 +23,20 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import numpy as np
-import torch
-
+from fabench._lazy import lazy
 from fabench.data import store
 from fabench.errors import DataError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 FOLDER = "cifar-10-batches-py"
 #: Where a CIFAR folder may sit inside the data directory (the official name first).

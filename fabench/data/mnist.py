@@ -17,15 +17,20 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import numpy as np
-import torch
-
+from fabench._lazy import lazy
 from fabench.data import store
 from fabench.errors import DataError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 SUBDIR = Path("MNIST") / "raw"
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte idx files of 3 (images) or 1 (labels) dims

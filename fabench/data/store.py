@@ -19,13 +19,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import torch
-
+from fabench._lazy import lazy
 from fabench.errors import ConfigError, DataError
 from fabench.metrics import class_means
 from fabench.types import TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 DATA_ENV = "FABENCH_DATA"
 OFFLINE_ENV = "FABENCH_OFFLINE"

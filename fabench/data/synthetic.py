@@ -9,13 +9,17 @@ drawn uniformly. Everything is seeded: the same seed gives the same centres and 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import torch
-
+from fabench._lazy import lazy
 from fabench.errors import ConfigError
 from fabench.taskfiles import task_kind
 from fabench.types import Params, ProgressFn, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
 
 #: The most memory (bytes) the synthetic data may take; larger sizes are refused before allocation.
 MEMORY_BUDGET = 4 * 2**30

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch
-from torch import nn
-
+from fabench._lazy import lazy, no_grad
 from fabench.errors import ConfigError, DataError, UnknownNameError
 from fabench.types import FitContext, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    from torch import nn
+else:
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
 
 BackboneBuilder = Callable[[str, TaskData, Params, FitContext], "nn.Module | None"]
 
@@ -176,21 +181,35 @@ def _robustbench(name: str, data: TaskData, params: Params, context: FitContext)
 
 
 def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn.Module | None:
-    """Build (or load from cache) the backbone that ``params['backbone']`` names."""
+    """Build (or load from cache) the backbone that ``params['backbone']`` names, on ``context.device``."""
     name = str(params.get("backbone", "pixels"))
     module = BACKBONES[_lookup(name)](name, data, params, context)
     if module is not None:
-        module.eval()
+        module.to(context.device).eval()
         for p in module.parameters():
             p.requires_grad_(False)
     return module
 
 
-@torch.no_grad()
+@no_grad
 def head_inputs(
     module: nn.Module | None, x: torch.Tensor, *, batch_size: int = 512
 ) -> torch.Tensor:
-    """The head's inputs for ``x``: flattened inputs, or the backbone's features."""
+    """The head's inputs for ``x``: flattened inputs, or the backbone's features.
+
+    ``x`` stays where it is; its batches go to the backbone's device and the features come back
+    to ``x``'s device (the data and the caches live on the CPU)."""
     if module is None:
         return x.flatten(1)
-    return torch.cat([module(x[i : i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)])
+    dev = module_device(module)
+    return torch.cat([module(x[i : i + batch_size].to(dev)).flatten(1).to(x.device)
+                      for i in range(0, len(x), batch_size)])
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` runs: the device of its first parameter or buffer (the CPU if it has none)."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")

@@ -22,6 +22,7 @@ from torch import nn
 
 from fabench import cache
 from fabench.errors import ConfigError
+from fabench.models.backbones import module_device
 from fabench.models.cnn import FeatureNet
 from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 
@@ -59,25 +60,30 @@ def augment(x: torch.Tensor, mode: str, *, generator: torch.Generator, pad: int 
 
 @torch.no_grad()
 def accuracy(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512) -> float:
-    """Fine-class accuracy of ``net`` (in eval mode) on ``x``."""
+    """Fine-class accuracy of ``net`` (in eval mode) on ``x`` (batches go to ``net``'s device)."""
     if len(x) == 0:
         return math.nan
     net.eval()
-    pred = torch.cat([net(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return float((pred == labels).float().mean())
+    dev = module_device(net)
+    pred = torch.cat([net(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    return float((pred == labels.cpu()).float().mean())
 
 
 def train_fine_labels(
     net: FeatureNet, data: TaskData, *, epochs: int, lr: float, batch_size: int, augmentation: str,
-    seed: int, progress: ProgressFn = no_progress, stage: str = "train backbone",
+    seed: int, progress: ProgressFn = no_progress, stage: str = "train backbone", device: str = "cpu",
 ) -> list[float]:
-    """Train ``net`` on ``(x_train, fine_train)``; returns the mean loss of each epoch."""
+    """Train ``net`` on ``(x_train, fine_train)`` on ``device``; returns the mean loss of each epoch.
+
+    The data stay on the CPU: batches are drawn and augmented there (a CPU generator, so the
+    batches do not depend on the device) and moved to ``device``."""
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ConfigError(f"backbone training needs backbone_epochs >= 1, backbone_lr > 0, "
                           f"backbone_batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
     if augmentation not in AUGMENTATIONS:
         raise ConfigError(f"backbone_augment must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     n = len(data.x_train)
+    net.to(device)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
@@ -91,8 +97,8 @@ def train_fine_labels(
         total = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            xb = augment(data.x_train[idx], augmentation, generator=gen)
-            loss = F.cross_entropy(net(xb), data.fine_train[idx])
+            xb = augment(data.x_train[idx], augmentation, generator=gen).to(device)
+            loss = F.cross_entropy(net(xb), data.fine_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -139,6 +145,7 @@ def cached_trained_backbone(
             with torch.random.fork_rng():
                 torch.manual_seed(context.seed)
                 net = make()
+    net.to(context.device)
     if entry is not None:
         info.update(cache="hit", test_accuracy=entry.get("test_accuracy"), epoch_losses=entry.get("epoch_losses"))
         info["timings"] = {f"backbone {name} (load)": time.perf_counter() - t0}
@@ -149,10 +156,12 @@ def cached_trained_backbone(
                 net, data, epochs=int(settings["backbone_epochs"]), lr=float(settings["backbone_lr"]),
                 batch_size=int(settings["backbone_batch_size"]), augmentation=str(settings["backbone_augment"]),
                 seed=context.seed, progress=context.progress, stage=f"train backbone {name}",
+                device=context.device,
             )
         train_time = time.perf_counter() - t0
         test_acc = accuracy(net, data.x_test, data.fine_test)
-        saved = cache.save_entry(path, {"state_dict": net.state_dict(), "test_accuracy": test_acc,
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}  # the cache is device-independent
+        saved = cache.save_entry(path, {"state_dict": state, "test_accuracy": test_acc,
                                         "epoch_losses": losses})
         info.update(cache="miss" if saved else "not writable", test_accuracy=test_acc, epoch_losses=losses)
         info["timings"] = {f"backbone {name} (train)": train_time}

@@ -7,17 +7,23 @@ converges to the *average* of its class's features: feature averaging.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
+from fabench._lazy import lazy
 from fabench import registry
-from fabench.models import BinaryHead, Classifier
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.common import setup_head, training_report
 from fabench.recipes.training import descend
 from fabench.types import FitContext, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    import torch.nn.functional as F
+
+    from fabench.models import Classifier
+else:
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 GD_PARAMS: dict[str, Any] = {
     "lr": 0.001,
@@ -44,12 +50,14 @@ class BinaryRecipe:
     )
 
     def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:
+        from fabench.models import BinaryHead, Classifier
+
         s = setup_head(data, params, context=context)
         head = BinaryHead(
             s.dim, int(params["m"]), init_std=float(params["init_std"]), bias=bool(params["bias"]),
             generator=s.generator,
-        )
-        sign = data.y_train.float() * 2 - 1
+        ).to(s.device)  # initialised on the CPU (device-independent), trained on context.device
+        sign = data.y_train.float().to(s.device) * 2 - 1
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
             return F.softplus(-sign[idx] * head.margin(s.z_train[idx])).mean()

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from fabench._lazy import lazy, no_grad
 from fabench import cache
 from fabench.metrics import class_means
 from fabench.models.backbones import build_backbone, head_inputs
-from fabench.models.heads import Head
 from fabench.recipes.training import convergence
 from fabench.types import FitContext, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    from torch import nn
+
+    from fabench.models.heads import Head
+else:
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
 
 FEATURES_CODE_VERSION = 1
 
@@ -29,9 +35,14 @@ FEATURES_CODE_VERSION = 1
 class HeadSetup:
     backbone: nn.Module | None
     z_train: torch.Tensor
+    """The head's training inputs, on :attr:`device`."""
     generator: torch.Generator
+    """A CPU generator: initialise a head on the CPU, then move it, so the initial weights do not
+    depend on the device."""
     info: dict[str, Any] = field(default_factory=dict)
     """For ``Classifier.info``: ``timings`` (stage -> seconds) and ``backbone`` (its build info)."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where the head trains (``FitContext.device``); the backbone is already there."""
 
     @property
     def dim(self) -> int:
@@ -39,10 +50,10 @@ class HeadSetup:
 
     def feature_means(self, data: TaskData) -> torch.Tensor:
         """The features ``mu_j`` as the head sees them: the task's own features when the head sees
-        the input, else the class means of the (cached) training features."""
+        the input, else the class means of the (cached) training features. On the CPU."""
         if self.backbone is None:
             return data.features.flatten(1).float()
-        return class_means(self.z_train, data.fine_train, data.num_classes)
+        return class_means(self.z_train.cpu(), data.fine_train.cpu(), data.num_classes)
 
 
 def extract_features(
@@ -77,7 +88,10 @@ def extract_features(
 
 
 def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSetup:
-    """Build the frozen backbone, get the head's training inputs once (cached), seed the init."""
+    """Build the frozen backbone, get the head's training inputs once (cached), seed the init.
+
+    The backbone is built (trained, or loaded) and run on ``context.device``; the cached features
+    are CPU tensors, moved to ``context.device`` for the head's training."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     backbone = build_backbone(data, params, context=context)
@@ -87,15 +101,16 @@ def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSe
     z, how = extract_features(backbone, data, context=context, timings=timings)
     info: dict[str, Any] = {"timings": timings, "backbone": {"name": str(params.get("backbone", "pixels")),
                                                              **build, "features_cache": how}}
-    return HeadSetup(backbone, z, torch.Generator().manual_seed(context.seed), info)
+    device = torch.device(context.device)
+    return HeadSetup(backbone, z.to(device), torch.Generator().manual_seed(context.seed), info, device)
 
 
-@torch.no_grad()
+@no_grad
 def training_report(head: Head, s: HeadSetup, data: TaskData, history: list[float]) -> dict[str, Any]:
     """``Classifier.info`` entries of a trained head: final loss, training accuracy of the binary
     decision (strict, as the protocol counts it) and the convergence verdict
     (:func:`fabench.recipes.training.convergence`), with its warning also under ``warnings``."""
-    sign = data.y_train.float() * 2 - 1
+    sign = data.y_train.float().to(s.device) * 2 - 1
     train_acc = float((sign * head.margin(s.z_train) > 0).float().mean()) if len(s.z_train) else float("nan")
     probe = s.info.get("backbone", {}).get("test_accuracy")
     verdict = convergence(history, train_accuracy=train_acc,

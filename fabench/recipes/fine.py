@@ -8,19 +8,24 @@ decision survives radii about ``sqrt(k/2)`` times larger.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
-
+from fabench._lazy import lazy
 from fabench import registry
-from fabench.models import Classifier, FineHead
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.binary import GD_BOUNDS, GD_CHOICES, GD_PARAMS
 from fabench.recipes.common import setup_head, training_report
 from fabench.recipes.training import descend
 from fabench.types import FitContext, Meta, Params, TaskData
 
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    import torch.nn.functional as F
+
+    from fabench.models import Classifier
+else:
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 @registry.recipes.register
 class FineRecipe:
@@ -35,12 +40,14 @@ class FineRecipe:
     )
 
     def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:
+        from fabench.models import Classifier, FineHead
+
         s = setup_head(data, params, context=context)
         head = FineHead(
             s.dim, data.num_classes, int(params["h"]), data.positive_mask,
             init_std=float(params["init_std"]), bias=bool(params["bias"]), generator=s.generator,
-        )
-        target = data.fine_train
+        ).to(s.device)  # initialised on the CPU (device-independent), trained on context.device
+        target = data.fine_train.to(s.device)
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(head.fine_logits(s.z_train[idx]), target[idx])

@@ -13,14 +13,16 @@ share a large common part); ``"none"`` uses ``c = 0``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from fabench import registry
 from fabench.errors import ConfigError
-from fabench.models import Classifier, RobustHead
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.common import setup_head
 from fabench.types import FitContext, Meta, Params, TaskData
+
+if TYPE_CHECKING:  # pragma: no cover - models import torch: imported in fit
+    from fabench.models import Classifier
 
 
 @registry.recipes.register
@@ -35,6 +37,8 @@ class RobustRecipe:
     )
 
     def fit(self, data: TaskData, params: Params, *, context: FitContext) -> Classifier:
+        from fabench.models import Classifier, RobustHead
+
         frac = float(params["bias_fraction"])
         if not 0.0 <= frac < 1.0:
             raise ConfigError(f"robust.bias_fraction must be in [0, 1), got {frac}")
@@ -47,5 +51,5 @@ class RobustRecipe:
         else:
             raise ConfigError(f"robust.centre must be 'none' or 'mean', got {params['centre']!r}")
         thresholds = frac * (mu - centre).norm(dim=1)
-        head = RobustHead(mu - centre, data.positive_mask, thresholds, centre)
+        head = RobustHead(mu - centre, data.positive_mask, thresholds, centre).to(s.device)
         return Classifier(head, s.backbone, features=mu, info=s.info)

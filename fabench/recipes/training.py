@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from fabench._lazy import lazy
 from fabench.errors import ConfigError
 from fabench.types import ProgressFn, no_progress
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+else:
+    torch = lazy("torch")
+
+LossFn = Callable[["torch.Tensor"], "torch.Tensor"]
 """``loss(indices)``: the mean loss over the training points ``indices``."""
 
 
