@@ -61,7 +61,7 @@ def test_gd_heads_on_cnn_report_convergence(records: dict[str, Record]) -> None:
     for recipe, rec in records.items():
         bb, tr = rec.model_info["backbone"], rec.model_info["training"]
         assert bb["name"] == "cnn" and bb["test_accuracy"] > 0.7  # ten-class, 1 epoch on 2000 digits
-        assert rec.config["recipe_params"]["optimizer"] == "gd" and tr["steps"] == 400
+        assert rec.config["recipe_params"]["optimizer"] == "gd" and 100 <= tr["steps"] <= 400  # convergence stop
         start = math.log(2) if recipe == "binary" else math.log(10)  # the loss at a near-zero init
         assert tr["final_loss"] == rec.model_info["final_loss"] < 0.8 * start
         assert tr["train_accuracy"] > 0.7 and rec.clean_accuracy > 0.7

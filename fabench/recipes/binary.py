@@ -13,7 +13,7 @@ from fabench._lazy import lazy
 from fabench import registry
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
 from fabench.recipes.common import setup_head, training_report
-from fabench.recipes.training import descend
+from fabench.recipes.training import descend, fold_standardization, standardizer
 from fabench.types import FitContext, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -31,11 +31,31 @@ GD_PARAMS: dict[str, Any] = {
     "init_std": 1e-5,
     "optimizer": "gd",
     "batch_size": 0,
+    "standardize": False,
+    "stop_tol": 0.0,
 }
+"""Gradient-descent settings shared by the trained heads. ``steps`` is the most steps; with
+``stop_tol > 0`` training stops once the loss has flattened (at least 100 steps, then
+:func:`fabench.recipes.training.late_decrease` <= ``stop_tol``). ``standardize`` runs GD on the
+standardised head inputs ``(z - mean) / std`` (centred only when the head has biases; ``lr`` and
+``init_std`` are then in those coordinates) and folds the map into the trained weights, so the
+head is the same function of the raw inputs: a diagonal preconditioner for real-data features,
+whose raw coordinates differ in scale by orders of magnitude."""
 GD_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "lr": (0.0, None), "steps": (0, 10_000_000), "init_std": (0.0, None), "batch_size": (0, None),
+    "stop_tol": (0.0, 1.0),
 }
 GD_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("gd", "adam")}
+
+
+def standardized_inputs(
+    z: torch.Tensor, params: Params, *, centre: bool,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The inputs GD runs on and the ``(mean, scale)`` to fold back (``None``: the raw inputs)."""
+    if not bool(params.get("standardize", False)):
+        return z, None
+    mean, scale = standardizer(z, centre=centre)
+    return (z - mean) / scale, (mean, scale)
 
 
 @registry.recipes.register
@@ -58,15 +78,18 @@ class BinaryRecipe:
             generator=s.generator,
         ).to(s.device)  # initialised on the CPU (device-independent), trained on context.device
         sign = data.y_train.float().to(s.device) * 2 - 1
+        z, norm = standardized_inputs(s.z_train, params, centre=bool(params["bias"]))
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
-            return F.softplus(-sign[idx] * head.margin(s.z_train[idx])).mean()
+            return F.softplus(-sign[idx] * head.margin(z[idx])).mean()
 
         history = descend(
             list(head.parameters()), loss, len(s.z_train), lr=float(params["lr"]),
             steps=int(params["steps"]), optimizer=str(params["optimizer"]),
             batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
-            stage="train binary",
+            stage="train binary", stop_tol=float(params["stop_tol"]),
         )
+        if norm is not None:
+            fold_standardization(head.weight, head.bias, *norm)
         info = {**training_report(head, s, data, history), **s.info}
         return Classifier(head, s.backbone, features=s.feature_means(data), info=info)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, ClassVar
 from fabench._lazy import lazy
 from fabench import registry
 from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
-from fabench.recipes.binary import GD_BOUNDS, GD_CHOICES, GD_PARAMS
+from fabench.recipes.binary import GD_BOUNDS, GD_CHOICES, GD_PARAMS, standardized_inputs
 from fabench.recipes.common import setup_head, training_report
-from fabench.recipes.training import descend
+from fabench.recipes.training import descend, fold_standardization
 from fabench.types import FitContext, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -48,15 +48,18 @@ class FineRecipe:
             init_std=float(params["init_std"]), bias=bool(params["bias"]), generator=s.generator,
         ).to(s.device)  # initialised on the CPU (device-independent), trained on context.device
         target = data.fine_train.to(s.device)
+        z, norm = standardized_inputs(s.z_train, params, centre=bool(params["bias"]))
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(head.fine_logits(s.z_train[idx]), target[idx])
+            return F.cross_entropy(head.fine_logits(z[idx]), target[idx])
 
         history = descend(
             list(head.parameters()), loss, len(s.z_train), lr=float(params["lr"]),
             steps=int(params["steps"]), optimizer=str(params["optimizer"]),
             batch_size=int(params["batch_size"]), seed=context.seed, progress=context.progress,
-            stage="train fine",
+            stage="train fine", stop_tol=float(params["stop_tol"]),
         )
+        if norm is not None:
+            fold_standardization(head.weight, head.bias, *norm)
         info = {**training_report(head, s, data, history), **s.info}
         return Classifier(head, s.backbone, features=s.feature_means(data), info=info)

@@ -29,12 +29,16 @@ def descend(
     seed: int = 0,
     progress: ProgressFn = no_progress,
     stage: str = "train",
+    stop_tol: float = 0.0,
+    min_steps: int = 100,
 ) -> list[float]:
-    """Run ``steps`` updates and return the loss of each.
+    """Run at most ``steps`` updates and return the loss of each.
 
     ``optimizer="gd"`` is plain (full-batch when ``batch_size`` is 0) gradient descent, the
     paper's setting; ``"adam"`` is offered for real-data heads. Mini-batches are drawn without
-    replacement from a seeded permutation.
+    replacement from a seeded permutation. With ``stop_tol > 0`` training stops early, once at
+    least ``min_steps`` steps are done, as soon as the loss has flattened: :func:`late_decrease`
+    (checked every 10 steps) is at most ``stop_tol``.
     """
     if lr <= 0 or steps < 0 or batch_size < 0:
         raise ConfigError(f"need lr > 0, steps >= 0, batch_size >= 0 (got {lr}, {steps}, {batch_size})")
@@ -64,7 +68,41 @@ def descend(
         history.append(float(value.detach()))
         if (step + 1) % max(1, steps // 50) == 0 or step + 1 == steps:
             progress(stage, step + 1, steps)
+        n_done = step + 1
+        if stop_tol > 0 and n_done >= min_steps and n_done % 10 == 0 and late_decrease(history) <= stop_tol:
+            progress(stage, steps, steps)
+            break
     return history
+
+
+def standardizer(z: torch.Tensor, *, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, scale)`` of the head's training inputs per coordinate: GD then runs on
+    ``(z - mean) / scale`` (``mean`` is zero when ``centre`` is false; a constant coordinate gets
+    scale 1). A diagonal preconditioner: :func:`fold_standardization` turns the trained head back
+    into the same function of the raw ``z``."""
+    mean = z.mean(dim=0) if centre else z.new_zeros(z.shape[1])
+    scale = z.std(dim=0) if len(z) > 1 else z.new_ones(z.shape[1])
+    scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
+    return mean, scale
+
+
+@torch.no_grad()
+def fold_standardization(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> None:
+    """In place: ``ReLU(<w, (z - mean)/scale> + b) = ReLU(<w/scale, z> + b - <w, mean/scale>)``
+    for every unit (``weight``: ``... x D``, ``bias``: ``...``), so the head reads the raw ``z``."""
+    bias.sub_(weight @ (mean / scale))
+    weight.div_(scale)
+
+
+def late_decrease(history: list[float]) -> float:
+    """The loss decrease over the last :data:`CONVERGENCE_WINDOW` of the steps, as a fraction of
+    the whole decrease (0 on a plateau, 0.1 on a straight line)."""
+    n = len(history)
+    if n < 2:
+        return 0.0
+    start, late, end = history[0], history[int(n * (1 - CONVERGENCE_WINDOW))], history[-1]
+    total = start - end
+    return (late - end) / total if total > 0 else 0.0
 
 
 #: A head has not converged when more than this fraction of its total loss decrease happened in
@@ -94,12 +132,10 @@ def convergence(
     }
     reasons = []
     if n >= 10:
-        start, late, end = history[0], history[int(n * (1 - CONVERGENCE_WINDOW))], history[-1]
-        total = start - end
-        late_decrease = (late - end) / total if total > 0 else 0.0
-        info["late_decrease"] = late_decrease
-        if late_decrease > CONVERGENCE_TOL:
-            reasons.append(f"{late_decrease:.1%} of its loss decrease came in the last "
+        late = late_decrease(history)
+        info["late_decrease"] = late
+        if late > CONVERGENCE_TOL:
+            reasons.append(f"{late:.1%} of its loss decrease came in the last "
                            f"{CONVERGENCE_WINDOW:.0%} of the {n} steps")
     if probe_accuracy is not None and train_accuracy < probe_accuracy - PROBE_MARGIN:
         reasons.append(f"training accuracy {train_accuracy:.3f} is below the backbone's own "
