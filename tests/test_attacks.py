@@ -160,3 +160,29 @@ def test_pgd_bisect_is_never_weaker_than_the_grid(recipe: str) -> None:
     assert 0.9 < float(acc_grid[0]) and float(acc_grid[-1]) < 0.1  # the curve crosses the grid
     assert torch.all(acc_bis <= acc_grid), (acc_bis - acc_grid).max()
     assert torch.equal(bis.broken, bis.distances[None, :] <= torch.tensor(radii)[:, None] * (1 + 1e-5))
+
+
+@pytest.mark.parametrize("recipe", ["binary", "robust"])
+def test_deepfool_matches_foolbox_point_by_point(recipe: str) -> None:
+    """The torch DeepFool (points leave the batch when done) gives foolbox's iterates: same points
+    broken, same distances (up to float round-off), on trained heads where some points need many steps."""
+    import foolbox
+
+    from fabench.attacks.foolbox_attacks import _fmodel
+    from fabench.attacks.base import is_adversarial, perturbation_norms
+    from fabench.types import FitContext
+
+    task = registry.tasks.get("synthetic")
+    data = task.load({**task.meta.params, "d": 300, "n_train": 300, "n_test": 120}, seed=0)
+    rec = registry.recipes.get(recipe)
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    x, y = data.x_test, data.y_test
+    attack = foolbox.attacks.L2DeepFoolAttack(steps=100, candidates=2, overshoot=0.02, loss="logits")
+    _, ref_adv, _ = attack(_fmodel(model, data), x, foolbox.criteria.Misclassification(y), epsilons=None)
+    ok = is_adversarial(model, ref_adv, y)
+    ref = torch.where(ok, perturbation_norms(ref_adv, x), torch.tensor(float("inf")))
+    got = run("deepfool", model, data, [0.0, 5.0, 10.0]).distances
+    assert ok.sum() > 60
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    fin = torch.isfinite(ref)
+    assert torch.allclose(got[fin], ref[fin], rtol=1e-4, atol=1e-5)

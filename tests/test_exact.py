@@ -176,3 +176,48 @@ def test_exact_claims_survive_round_off_in_any_batch_composition() -> None:
     for g in (singly, together, reversed_, pairs):
         assert bool((g <= 0).all())
     assert bool(~model.correct(adv, yc).any())
+
+
+def test_line_search_and_refinement_match_the_plain_loops() -> None:
+    """``_line_to`` bisects only the segments that reach a flip and ``refine_on_boundary`` revisits
+    only the points improved in the previous round: the same distances as bisecting every segment
+    and re-running every point each round, on a trained fine head."""
+    from fabench import registry
+    from fabench.attacks import exact as ex
+    from fabench.types import FitContext
+
+    task = registry.tasks.get("synthetic")
+    data = task.load({**task.meta.params, "d": 200, "n_train": 200, "n_test": 80}, seed=0)
+    rec = registry.recipes.get("fine")
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    x, y = data.x_test, data.y_test
+    hp = ex.piecewise_head(model)
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(x.shape, generator=g, dtype=torch.float64) * 6.0  # some reach a flip, some do not
+
+    def plain_line_to(delta: torch.Tensor, steps: int = 40) -> torch.Tensor:
+        lo, hi = torch.zeros(len(x), dtype=torch.float64), torch.full((len(x),), 1.01, dtype=torch.float64)
+        pt = lambda t: (x.double() + t[:, None] * delta).to(x.dtype)  # noqa: E731
+        reach = ex.decisively_wrong(model, hp, pt(hi), y)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            b = ex.decisively_wrong(model, hp, pt(mid), y)
+            hi, lo = torch.where(b, mid, hi), torch.where(b, lo, mid)
+        ok = reach & ex.decisively_wrong(model, hp, pt(hi), y)
+        return torch.where(ok, (pt(hi).double() - x.double()).norm(dim=1), torch.tensor(math.inf, dtype=torch.float64))
+
+    got, _ = ex._line_to(model, x, y, delta, data.bounds)
+    ref = plain_line_to(delta)
+    assert 10 < int(torch.isfinite(ref).sum()) < len(x)
+    assert torch.equal(got, ref)
+    # refinement: every point re-run each round (steps=1 repeated) gives what the pruned loop gives
+    dist, adv = ex._line_to(model, x, y, delta, data.bounds)
+    adv_ref, dist_ref = adv.clone(), dist.clone()
+    for _ in range(20):
+        adv_ref, d_new = ex.refine_on_boundary(model, x, y, adv_ref, dist_ref, data.bounds, steps=1, hp=hp)
+        if torch.equal(d_new, dist_ref):
+            break
+        dist_ref = d_new
+    adv_got, dist_got = ex.refine_on_boundary(model, x, y, adv, dist, data.bounds, steps=20, hp=hp)
+    assert bool((dist_ref < dist).any())  # the refinement improves some points
+    assert torch.allclose(dist_got, dist_ref, rtol=1e-6)

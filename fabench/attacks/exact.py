@@ -311,20 +311,25 @@ def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch
              bounds: tuple[float, float], *, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     """Bisection for the first verified flip on the segment ``x + t delta``, ``t in [0, 1.01]``."""
     n = len(x)
-    lo = torch.zeros(n, dtype=torch.float64)
-    hi = torch.full((n,), 1.01, dtype=torch.float64)
     shape = (-1,) + (1,) * (x.dim() - 1)
+    xd = x.double()
+    boxed = bounds[0] > -math.inf or bounds[1] < math.inf
 
-    def pt(t: torch.Tensor) -> torch.Tensor:
-        return (x.double() + t.reshape(shape) * delta).clamp(*bounds).to(x.dtype)
+    def pt(t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        z = (xd if rows is None else xd[rows]) + t.reshape(shape) * (delta if rows is None else delta[rows])
+        return (z.clamp(*bounds) if boxed else z).to(x.dtype)
 
     hp = piecewise_head(model)
+    hi = torch.full((n,), 1.01, dtype=torch.float64)
     reach = decisively_wrong(model, hp, pt(hi), y)
+    rows = reach.nonzero().squeeze(1)  # only the segments that reach a flip are bisected
+    lo_r, hi_r, y_r = torch.zeros(len(rows), dtype=torch.float64), hi[rows], y[rows]
     for _ in range(steps):
-        mid = (lo + hi) / 2
-        b = decisively_wrong(model, hp, pt(mid), y)
-        hi = torch.where(b, mid, hi)
-        lo = torch.where(b, lo, mid)
+        mid = (lo_r + hi_r) / 2
+        b = decisively_wrong(model, hp, pt(mid, rows), y_r)
+        hi_r = torch.where(b, mid, hi_r)
+        lo_r = torch.where(b, lo_r, mid)
+    hi[rows] = hi_r
     final = pt(hi)
     ok = reach & decisively_wrong(model, hp, final, y)
     dist = torch.where(ok, (final.double() - x.double()).flatten(1).norm(dim=1), torch.tensor(math.inf, dtype=torch.float64))
@@ -360,13 +365,18 @@ def refine_on_boundary(
     sign = (y.float() * 2 - 1).double()
     shape = (-1,) + (1,) * (x.dim() - 1)
     adv, dist = adv.clone(), dist.clone()
+    # A point no beta improved in a round would compute exactly the same in the next one: each
+    # round only revisits the points improved in the previous round.
+    active = torch.isfinite(dist) & (dist > 0)
     for _ in range(steps):
-        idx = (torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
-        if len(idx) == 0:
+        if not bool(active.any()):
             break
         improved = False
+        moved = torch.zeros_like(active)
         for beta in (betas if hp is not None else (math.inf,)):
-            idx = (torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
+            idx = (active & torch.isfinite(dist) & (dist > 0)).nonzero().squeeze(1)
+            if len(idx) == 0:
+                continue
             z = adv[idx].double().clone().requires_grad_(True)
             with torch.enable_grad():
                 g = smooth_margin(hp, z, beta) if hp is not None else model.margin(z.to(x.dtype)).double()
@@ -384,8 +394,10 @@ def refine_on_boundary(
                 improved = True
                 adv[idx[better]] = a_new[better]
                 dist[idx[better]] = d_new[better]
+                moved[idx[better]] = True
         if not improved:
             break
+        active = moved
     return adv, dist
 
 

@@ -4,7 +4,9 @@ Both attack the classifier's 2-logit view of the binary decision, so they optimi
 decision that is reported. PGD runs once per radius (it is a fixed-epsilon attack) and only on
 points not already broken at a smaller radius; ``restarts`` extra random starts are tried on the
 points that survive. DeepFool runs once and gives every point's (approximately) minimal distance,
-hence a whole robustness curve; each adversarial it returns is checked by the model.
+hence a whole robustness curve; each adversarial it returns is checked by the model. It is
+foolbox's ``L2DeepFoolAttack(candidates=2, loss="logits")`` re-implemented in torch
+(:func:`l2_deepfool`): the same iterates, but points that are done leave the batch.
 
 PGD's ``search`` picks how the radii are visited:
 
@@ -102,6 +104,50 @@ def l2_pgd(
         x = x.detach() + step * g
         x = _clip(x0 + _into_ball(x - x0, eps), bounds)
     return x.detach()
+
+
+def l2_deepfool(
+    model: "Classifier", x0: torch.Tensor, y: torch.Tensor, *, steps: int, overshoot: float,
+    bounds: tuple[float, float],
+) -> torch.Tensor:
+    """foolbox's ``L2DeepFoolAttack(candidates=2, loss="logits")`` on the 2-logit view, in plain torch.
+
+    The same iteration (the linearised step to the other class's logit, ``|l| / ||grad||^2 * grad``
+    with foolbox's ``1e-4`` and ``1e-8`` guards, accumulated and applied with ``1 + overshoot``,
+    clipped to ``bounds``; a point stops at its first misclassified iterate, ``argmax(logits) != y``
+    as foolbox's criterion), but points that are done leave the batch, so a few points that never
+    flip do not keep the whole batch running for ``steps`` iterations. The loss is a sum over
+    points, so each point's iterates are foolbox's (up to float round-off).
+    """
+    out = x0.detach().clone()
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    with torch.no_grad():
+        logits0 = model(x0)
+    order = logits0.argsort(dim=-1).flip(dims=(-1,))  # foolbox's candidate classes
+    i0, i1 = order[:, 0], order[:, 1]
+    alive = torch.arange(len(x0), device=x0.device)
+    x, p_total = x0.detach(), torch.zeros_like(x0)
+    for _ in range(steps):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xg)
+            rows = torch.arange(len(xg), device=x0.device)
+            loss = logits[rows, i1[alive]] - logits[rows, i0[alive]]
+            (grad,) = torch.autograd.grad(loss.sum(), xg)
+        adv = logits.detach().argmax(dim=-1) != y[alive]
+        if adv.any():  # done: these keep their current iterate
+            out[alive[adv]] = x[adv]
+            keep = ~adv
+            if not keep.any():
+                return out
+            alive, x, p_total = alive[keep], x[keep], p_total[keep]
+            loss, grad = loss[keep], grad[keep]
+        gnorm = grad.flatten(1).norm(dim=1) + 1e-8
+        dist = loss.detach().abs() / gnorm + 1e-4
+        p_total = p_total + (dist / gnorm).reshape(shape) * grad
+        x = _clip(x0[alive] + (1.0 + overshoot) * p_total, bounds)
+    out[alive] = x
+    return out
 
 
 @registry.attacks.register
@@ -241,14 +287,9 @@ class DeepFoolAttack:
         self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
         data: TaskData, params: Params, seed: int,
     ) -> AttackOutcome:
-        fb = import_foolbox()
-        fmodel = _fmodel(model, data)
-        attack = fb.attacks.L2DeepFoolAttack(
-            steps=int(params["steps"]), candidates=2, overshoot=float(params["overshoot"]), loss="logits"
-        )
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            _, adv, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)
+        model.eval()
+        adv = l2_deepfool(model, x, y, steps=int(params["steps"]), overshoot=float(params["overshoot"]),
+                          bounds=data.bounds)
         ok = is_adversarial(model, adv, y)
         distances = torch.where(ok, perturbation_norms(adv, x), torch.tensor(float("inf")))
         return outcome_from_distances(radii, distances)
