@@ -122,12 +122,12 @@ def surrogate_pgd(
 def _true_relu() -> Iterator[None]:
     """Undo :func:`smoothed_relu` inside its block (the true network judges every iterate)."""
     saved = (torch.relu, F.relu, torch.Tensor.relu, torch.nn.ReLU.forward)
-    torch.relu, F.relu = _RELU, _F_RELU  # type: ignore[assignment]
+    torch.relu, F.relu = _RELU, _F_RELU
     torch.Tensor.relu, torch.nn.ReLU.forward = _TENSOR_RELU, _MODULE_FORWARD  # type: ignore[method-assign]
     try:
         yield
     finally:
-        torch.relu, F.relu = saved[0], saved[1]  # type: ignore[assignment]
+        torch.relu, F.relu = saved[0], saved[1]
         torch.Tensor.relu, torch.nn.ReLU.forward = saved[2], saved[3]  # type: ignore[method-assign]
 
 
