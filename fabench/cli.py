@@ -494,10 +494,10 @@ def add_audit_command(sub: Any) -> None:
     au.add_argument("--epsilons", help="the record's radii as given to evaluate")
     au.add_argument("--record-n-eval", type=int, default=0, help="the record's --n-eval (default 0 = all)")
     au.add_argument("--set", action="append", metavar="KEY=VALUE", help="the record's overrides, as for evaluate")
-    au.add_argument("--strong", default="apgd,fab,square,cw,exact", help="the strong suite (comma-separated)")
+    au.add_argument("--strong", default=None, help="the strong suite (comma-separated; default: all of it)")
     au.add_argument("--strong-set", action="append", metavar="ATTACK.KEY=VALUE",
                     help="override a strong attack's parameter, e.g. apgd.restarts=1")
-    au.add_argument("--n-eval", type=int, default=500, help="audited test points (seeded subset; 0 = all)")
+    au.add_argument("--n-eval", type=int, default=0, help="audited test points (0 = the record's own points; else a seeded subset)")
     au.add_argument("--out", help="directory of result records (default: as for evaluate)")
     au.add_argument("--data-dir")
     au.add_argument("--cache-dir")
@@ -532,7 +532,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
     from fabench import registry
 
     over: dict[str, dict[str, Any]] = {}
-    strong_defaults = {n: registry.attacks.entry(n).meta.params for n in args.strong.split(",") if n}
+    strong_defaults = {n: registry.attacks.entry(n).meta.params for n in (args.strong or ",".join(audit.STRONG_ATTACKS)).split(",") if n}
     for key, text in parse_assignments(args.strong_set or []):
         name, dot, param = key.partition(".")
         if not dot or name not in strong_defaults or param not in strong_defaults[name]:

@@ -35,3 +35,52 @@ def test_audit_writes_a_keyed_result_that_the_leaderboard_shows(tmp_path: Path, 
     # the same record found by configuration instead of by path
     assert main(["audit", *SMALL, "--out", str(out), "--attacks", "analytic,pgd", "--set", "pgd.steps=3",
                  "--n-eval", "10", "--strong", "exact", "-q"]) == 0
+
+
+def test_strong_breaks_walks_down_only_below_what_is_already_broken() -> None:
+    """A fake fixed-radius attack that breaks point i iff the radius is >= t_i: the walk down finds
+    every break below the protocol's (and none above), attacking each point only where it is open."""
+    import torch
+
+    from fabench.audit import strong_breaks
+    from fabench.models import BinaryHead, Classifier
+    from fabench.protocol import AttackSpec
+    from fabench.types import AttackOutcome
+
+    radii = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    t = torch.tensor([2.5, 0.5, 10.0, 4.0])  # true minimal distances
+    seen: list[tuple[int, float]] = []
+
+    class Fake:
+        minimization = False
+
+        def run(self, model, x, y, rad, *, data, params, seed):
+            i = x[:, 0].long()
+            seen.extend((int(v), float(rad[0])) for v in i)
+            broken = torch.tensor([float(r) for r in rad])[:, None] >= t[i][None, :]
+            return AttackOutcome(tuple(rad), broken, torch.where(broken[0], t[i], torch.tensor(float("inf"))))
+
+    head = BinaryHead(2, 1, init_std=0.0, bias=False)
+    with torch.no_grad():
+        head.weight[0, 0] = torch.tensor([0.0, 1.0])
+        head.weight[1, 0] = torch.tensor([0.0, -1.0])
+    model = Classifier(head)
+    x = torch.stack([torch.arange(4.0), torch.ones(4)], dim=1)
+    y = torch.ones(4, dtype=torch.long)
+
+    class Data:
+        bounds = (float("-inf"), float("inf"))
+
+    done = torch.zeros(len(radii), 4, dtype=torch.bool)
+    done[5:, 0] = True  # the protocol broke point 0 at 5, point 3 at 4; points 1, 2 unbroken
+    done[4:, 3] = True
+    found, calls = strong_breaks(model, Data(), AttackSpec("fake", Fake(), {}), x, y, torch.ones(4, dtype=torch.bool),
+                                 radii, done, seed=0)
+    broken_at = {i: [radii[r] for r in range(len(radii)) if found[r, i]] for i in range(4)}
+    assert broken_at == {0: [3.0, 4.0], 1: [1.0, 2.0, 3.0, 4.0, 5.0], 2: [], 3: []}
+    # point 0 from 4 down to 2 (fails), point 1 from 5 down to 1 (0 is never attacked), point 2 once
+    # at 5, point 3 once at 3 (it fails)
+    assert sorted(seen) == sorted([(0, 4.0), (0, 3.0), (0, 2.0), (1, 5.0), (1, 4.0), (1, 3.0), (1, 2.0), (1, 1.0),
+                                   (2, 5.0), (3, 3.0)])
+    # one call per (round, radius) group: {4, 5, 3}, {3, 4}, {2, 3}, {2}, {1}
+    assert calls == 9
