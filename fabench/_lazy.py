@@ -10,7 +10,7 @@ heavy dependencies through these proxies (typed for checkers under ``TYPE_CHECKI
         torch = lazy("torch")
 
 * :func:`lazy` is a module proxy: the first attribute access imports the module; every attribute
-  read is then cached on the proxy, so hot loops pay one instance-dict lookup, as on a module.
+  read is forwarded to the module (not cached, so patching the module is seen).
 * :func:`lazy_attr` is one attribute of a module (a class used in ``isinstance`` or called).
 * :func:`no_grad` is ``@torch.no_grad()`` for a function defined at import time.
 * :class:`TorchModule` is a base for a ``torch.nn.Module`` subclass defined at import time: the
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 
 
 class _LazyModule:
-    """A module imported on first attribute access (attributes cached on the proxy)."""
+    """A module imported on first attribute access (attributes read through to the module)."""
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "_lazy_name", name)
@@ -33,12 +33,10 @@ class _LazyModule:
     def __getattr__(self, attr: str) -> Any:
         name: str = object.__getattribute__(self, "_lazy_name")
         module = importlib.import_module(name)
-        try:
-            value = getattr(module, attr)
+        try:  # not cached: a patched attribute (tests' monkeypatch of torch.save) must be seen
+            return getattr(module, attr)
         except AttributeError:
-            value = importlib.import_module(f"{name}.{attr}")  # a submodule not imported by the package
-        object.__setattr__(self, attr, value)
-        return value
+            return importlib.import_module(f"{name}.{attr}")  # a submodule not imported by the package
 
     def __repr__(self) -> str:
         return f"<lazy module {object.__getattribute__(self, '_lazy_name')!r}>"
