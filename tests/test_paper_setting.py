@@ -121,4 +121,6 @@ def test_fine_head_more_robust_in_feature_space(records: dict[str, Record]) -> N
     binary, fine = records["binary"].feature_space, records["fine"].feature_space
     assert fine["median_min_distance"] > 1.5 * binary["median_min_distance"]
     assert records["fine"].fa_score is not None and records["binary"].fa_score is not None
-    assert records["binary"].fa_score > records["fine"].fa_score + 0.3
+    # GD runs on standardised features (folded back), so the raw-space FA score of the binary head
+    # is lower than with plain GD (here 0.37 against 0.12 for the fine head; 0.6 before)
+    assert records["binary"].fa_score > records["fine"].fa_score + 0.2
