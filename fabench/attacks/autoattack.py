@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, is_adversarial, outcome_from_distances, perturbation_norms
+from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial, outcome_from_distances, perturbation_norms
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -87,31 +87,12 @@ def _fixed_radius(
     make: Callable[[float], Any], seed: int,
 ) -> AttackOutcome:
     """One run of ``make(eps_unit).perturb`` per radius on the points not yet broken."""
-    n = len(x)
-    distances = torch.full((n,), float("inf"))
-    broken = torch.zeros(len(radii), n, dtype=torch.bool)
-    adversarials = torch.full_like(x, float("nan"))
-    clean_wrong = is_adversarial(model, x, y)
-    distances[clean_wrong] = 0.0
-    adversarials[clean_wrong] = x[clean_wrong]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for i, eps in enumerate(radii):
-            todo = ~(broken[i - 1] if i else clean_wrong)
-            broken[i] = ~todo
-            if eps <= 0 or not todo.any():
-                continue
-            idx = todo.nonzero().squeeze(1)
-            attack = make(float(eps) / box.scale)
-            u_adv = attack.perturb(box.to_unit(x[idx]), y[idx])
-            adv = box.from_unit(u_adv.detach())
-            ok = is_adversarial(model, adv, y[idx])
-            norms = perturbation_norms(adv, x[idx])
-            ok &= norms <= eps * (1 + RADIUS_RTOL) + 1e-6
-            broken[i, idx[ok]] = True
-            distances[idx[ok]] = torch.minimum(distances[idx[ok]], norms[ok])
-            adversarials[idx[ok]] = adv[ok]
-    return AttackOutcome(tuple(float(r) for r in radii), broken, distances, adversarials=adversarials)
+
+    def attempt(idx: torch.Tensor, eps: float, k: int) -> torch.Tensor:
+        i = idx.to(x.device)
+        return box.from_unit(make(eps / box.scale).perturb(box.to_unit(x[i]), y[i]).detach())
+
+    return fixed_radius_outcome(model, x, y, radii, attempt=attempt, seed=seed)
 
 
 @registry.attacks.register

@@ -22,24 +22,32 @@ a fixed-epsilon attack, run per radius in increasing order on the points not yet
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
-import torch
-import torch.nn.functional as F
-
+from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, is_adversarial
+from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
+    import torch
+    import torch.nn.functional as F
+
     from fabench.models import Classifier
+else:
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 
 @contextlib.contextmanager
 def smoothed_relu(beta: Callable[[], float], scale: float = 1.0) -> Iterator[None]:
     """Within the block every ReLU (``torch.relu``, ``F.relu``, ``Tensor.relu``, ``nn.ReLU``) is
     ``softplus`` with inverse temperature ``beta() / scale`` (read at each call, so it can be annealed)."""
+    import torch
+    import torch.nn.functional as F  # the real modules (patched below), not fabench._lazy's proxies
+
     originals: dict[str, Any] = {
         "torch.relu": torch.relu, "F.relu": F.relu, "Tensor.relu": torch.Tensor.relu,
         "ReLU.forward": torch.nn.ReLU.forward,
@@ -121,9 +129,13 @@ def surrogate_pgd(
 @contextlib.contextmanager
 def _true_relu() -> Iterator[None]:
     """Undo :func:`smoothed_relu` inside its block (the true network judges every iterate)."""
+    import torch
+    import torch.nn.functional as F  # the real modules, as in smoothed_relu
+
+    relu, f_relu, tensor_relu, module_forward = _true_relus()
     saved = (torch.relu, F.relu, torch.Tensor.relu, torch.nn.ReLU.forward)
-    torch.relu, F.relu = _RELU, _F_RELU
-    torch.Tensor.relu, torch.nn.ReLU.forward = _TENSOR_RELU, _MODULE_FORWARD  # type: ignore[method-assign]
+    torch.relu, F.relu = relu, f_relu
+    torch.Tensor.relu, torch.nn.ReLU.forward = tensor_relu, module_forward  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -131,7 +143,13 @@ def _true_relu() -> Iterator[None]:
         torch.Tensor.relu, torch.nn.ReLU.forward = saved[2], saved[3]  # type: ignore[method-assign]
 
 
-_RELU, _F_RELU, _TENSOR_RELU, _MODULE_FORWARD = torch.relu, F.relu, torch.Tensor.relu, torch.nn.ReLU.forward
+@functools.cache
+def _true_relus() -> tuple[Any, Any, Any, Any]:
+    """torch's own ReLUs, read once before any patching (the first attack call)."""
+    import torch
+    import torch.nn.functional as F
+
+    return torch.relu, F.relu, torch.Tensor.relu, torch.nn.ReLU.forward
 
 
 def _random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -165,33 +183,14 @@ class SurrogateAttack:
         opts = dict(steps=int(params["steps"]), rel_stepsize=float(params["rel_stepsize"]),
                     beta_start=float(params["beta_start"]), beta_end=float(params["beta_end"]),
                     bounds=tuple(data.bounds), scale=max(scale, 1e-12))
-        distances = torch.full((n,), float("inf"))
-        broken = torch.zeros(len(radii), n, dtype=torch.bool)
-        adversarials = torch.full_like(x, float("nan"))
-        clean_wrong = is_adversarial(model, x, y)
-        distances[clean_wrong] = 0.0
-        adversarials[clean_wrong] = x[clean_wrong]
         model.eval()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            for i, r in enumerate(radii):
-                todo = ~(broken[i - 1] if i else clean_wrong)
-                broken[i] = ~todo
-                if r <= 0 or not todo.any():
-                    continue
-                idx = todo.nonzero().squeeze(1)
-                for attempt in range(1 + int(params["restarts"])):
-                    eps = torch.full((len(idx),), float(r))
-                    rand = attempt > 0 or bool(params["random_start"])
-                    start = _random_in_ball(x[idx], eps) if rand else torch.zeros_like(x[idx])
-                    found, adv = surrogate_pgd(model, x[idx], y[idx], eps, start, **opts)  # type: ignore[arg-type]
-                    ok = idx[found]
-                    broken[i, ok] = True
-                    norms = (adv[found] - x[ok]).flatten(1).norm(dim=1)
-                    closer = norms < distances[ok]
-                    distances[ok[closer]] = norms[closer]
-                    adversarials[ok[closer]] = adv[found][closer]
-                    idx = idx[~found]
-                    if len(idx) == 0:
-                        break
-        return AttackOutcome(tuple(float(v) for v in radii), broken, distances, adversarials=adversarials)
+
+        def attempt(idx: torch.Tensor, r: float, k: int) -> torch.Tensor:
+            i = idx.to(x.device)
+            eps = torch.full((len(idx),), r, device=x.device)
+            rand = k > 0 or bool(params["random_start"])
+            start = _random_in_ball(x[i], eps) if rand else torch.zeros_like(x[i])
+            return surrogate_pgd(model, x[i], y[i], eps, start, **opts)[1]  # type: ignore[arg-type]
+
+        return fixed_radius_outcome(model, x, y, radii, attempt=attempt, attempts=1 + int(params["restarts"]),
+                                    seed=seed)

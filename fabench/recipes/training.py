@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from fabench._lazy import lazy
+from fabench._lazy import lazy, no_grad
 from fabench.errors import ConfigError
 from fabench.types import ProgressFn, no_progress
 
@@ -86,7 +86,7 @@ def standardizer(z: torch.Tensor, *, centre: bool = True) -> tuple[torch.Tensor,
     return mean, scale
 
 
-@torch.no_grad()
+@no_grad
 def fold_standardization(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> None:
     """In place: ``ReLU(<w, (z - mean)/scale> + b) = ReLU(<w/scale, z> + b - <w, mean/scale>)``
     for every unit (``weight``: ``... x D``, ``bias``: ``...``), so the head reads the raw ``z``."""
