@@ -99,8 +99,14 @@ def read_records(results: Path) -> list[Record]:
 def _converged_label(g: Group) -> str:
     """``yes``, or ``no (k/n seeds)`` when the recipe said a head did not converge
     (``model_info.warnings``; see :func:`fabench.recipes.common.training_report`)."""
-    bad = sum(1 for r in g.records if r.model_info.get("warnings"))
-    return "yes" if not bad else f"**no** ({bad}/{len(g.records)} seeds)"
+    bad = [r for r in g.records if r.model_info.get("warnings")]
+    if not bad:
+        return "yes"
+    # a fixed step budget (no convergence stop), e.g. the paper's T = 100 steps on the synthetic task
+    steps = {r.config.get("recipe_params", {}).get("steps") for r in bad
+             if not r.config.get("recipe_params", {}).get("stop_tol")}
+    fixed = f"; fixed T={steps.pop()}" if len(steps) == 1 and None not in steps else ""
+    return f"**no** ({len(bad)}/{len(g.records)} seeds{fixed})"
 
 
 def _audit_label(g: Group) -> str:
@@ -284,7 +290,8 @@ def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[
         "task: 0.22 for averaging, 0.5 for decoupled features); *audit gap* is the largest amount by "
         "which `fabench audit`'s strong suite beat the protocol (audited seeds / seeds); *head converged* is "
         "**no** where the recipe reported that a head's training had not converged (its loss still "
-        "falling, or its training accuracy below the backbone's); the *FA score* is 1 for "
+        "falling, or its training accuracy below the backbone's; *fixed T* marks a fixed step budget "
+        "without a convergence stop, as the paper's T = 100 on the synthetic task); the *FA score* is 1 for "
         "feature averaging (every unit equally aligned with all its class's features) and 0 for "
         "decoupled features. *config* is the first 8 hex digits of the configuration key without "
         "the seed" + (f"; the records are in `{records_dir}`." if records_dir else "."),

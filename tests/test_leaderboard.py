@@ -219,3 +219,22 @@ def test_readme_results_tables_are_the_published_ones() -> None:
     assert readme.count("<!-- results:") >= 3
     _, changed = mod.sync(readme, tables)
     assert not changed, f"README tables differ from leaderboard/README.md for {changed}: python scripts/readme_results.py"
+
+
+def test_converged_column_marks_a_fixed_step_budget() -> None:
+    """'head converged' is yes, or no with the seeds; a fixed budget (no stop_tol) says its T."""
+    import dataclasses
+
+    from fabench.leaderboard import Group, _converged_label
+
+    def rec(seed: int, warn: bool, stop_tol: float) -> Record:
+        r = make_record(seed=seed)
+        cfg = {**r.config, "recipe_params": {**r.config["recipe_params"], "steps": 100, "stop_tol": stop_tol}}
+        return dataclasses.replace(r, config=cfg, model_info={"warnings": ["not converged"]} if warn else {})
+
+    def label(*recs: Record) -> str:
+        return _converged_label(Group("synthetic", "binary", "c", tuple(recs)))
+
+    assert label(rec(0, False, 0.0), rec(1, False, 0.0)) == "yes"
+    assert label(rec(0, True, 0.0), rec(1, False, 0.0)) == "**no** (1/2 seeds; fixed T=100)"
+    assert label(rec(0, True, 0.001), rec(1, True, 0.001)) == "**no** (2/2 seeds)"
