@@ -19,6 +19,7 @@ from fabench.evaluation import DEFAULT_ATTACK_PARAMS, DEFAULT_ATTACKS
 from fabench.models import BinaryHead, Classifier, FineHead
 from fabench.protocol import AttackSpec, run_protocol
 from fabench.types import FitContext
+from _nets import averaging_net
 
 D, K = 200, 10
 
@@ -27,15 +28,6 @@ D, K = 200, 10
 def clean_data():
     task = registry.tasks.get("synthetic")
     return task.load({**task.meta.params, "d": D, "n_train": 40, "n_test": 20, "sigma": 0.0}, seed=2)
-
-
-def averaging_net(data) -> Classifier:
-    head = BinaryHead(D, 1, init_std=0.0, bias=False)
-    pos = data.positive_mask
-    with torch.no_grad():
-        head.weight[0, 0] = data.features[pos].sum(0) / D
-        head.weight[1, 0] = data.features[~pos].sum(0) / D
-    return Classifier(head)
 
 
 def run(name: str, model, data, radii, **over):
