@@ -77,13 +77,24 @@ def descend(
 
 def standardizer(z: torch.Tensor, *, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, scale)`` of the head's training inputs per coordinate: GD then runs on
-    ``(z - mean) / scale`` (``mean`` is zero when ``centre`` is false; a constant coordinate gets
-    scale 1). A diagonal preconditioner: :func:`fold_standardization` turns the trained head back
-    into the same function of the raw ``z``."""
+    ``(z - mean) / scale`` (``mean`` is zero when ``centre`` is false). A diagonal preconditioner:
+    :func:`fold_standardization` turns the trained head back into the same function of the raw ``z``.
+
+    ``scale`` is the coordinate's standard deviation, but never below :data:`STD_FLOOR` times the
+    median one (a constant coordinate gets that floor too): a nearly dead CNN channel (std 5e-6
+    where the median is 2) would otherwise be blown up by 1e5, GD would give it a weight that,
+    folded back, is 1e5 times larger in raw units, and the head would flip under a feature-space
+    perturbation 1000 times smaller than the distance between class means (measured on mnist5v5).
+    """
     mean = z.mean(dim=0) if centre else z.new_zeros(z.shape[1])
-    scale = z.std(dim=0) if len(z) > 1 else z.new_ones(z.shape[1])
-    scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
+    std = z.std(dim=0) if len(z) > 1 else z.new_ones(z.shape[1])
+    typical = std[std > 0].median() if bool((std > 0).any()) else std.new_tensor(1.0)
+    scale = torch.clamp(std, min=float(STD_FLOOR * typical))
     return mean, scale
+
+
+#: Smallest per-coordinate scale of :func:`standardizer`, relative to the median coordinate's std.
+STD_FLOOR = 0.1
 
 
 @no_grad
