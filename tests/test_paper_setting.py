@@ -116,11 +116,32 @@ def test_unconverged_head_warns_in_record_and_report(tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(rec.model_info["training"]["final_loss"]))
 
 
-def test_fine_head_more_robust_in_feature_space(records: dict[str, Record]) -> None:
-    """The paper's contrast where its theory applies: the fine head's features survive larger radii."""
-    binary, fine = records["binary"].feature_space, records["fine"].feature_space
-    assert fine["median_min_distance"] > 1.5 * binary["median_min_distance"]
-    assert records["fine"].fa_score is not None and records["binary"].fa_score is not None
-    # GD runs on standardised features (folded back), so the raw-space FA score of the binary head
-    # is lower than with plain GD (here 0.37 against 0.12 for the fine head; 0.6 before)
-    assert records["binary"].fa_score > records["fine"].fa_score + 0.2
+@pytest.fixture(scope="module")
+def plain_gd_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
+    """The same small setting with the paper's optimiser: plain full-batch GD on the raw features."""
+    data_dir = make_data_dir(tmp_path_factory.mktemp("data"), cifar=False)
+    out, cache = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("cache")
+    plain = SMALL + [("standardize", "false"), ("lr", "0.5")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(store.OFFLINE_ENV, "1")
+        return {
+            recipe: evaluate(RunConfig(task="mnist5v5", recipe=recipe, n_eval=80, attacks=ATTACKS, overrides=plain,
+                                       data_dir=str(data_dir), cache_dir=str(cache)), out_dir=out)[0]
+            for recipe in ("binary", "fine")
+        }
+
+
+def test_fine_head_more_robust_in_feature_space(plain_gd_records: dict[str, Record],
+                                                records: dict[str, Record]) -> None:
+    """The paper's contrast where its theory applies, under the paper's plain GD: the binary head
+    averages its features and the fine head's survive larger radii in feature space (measured here:
+    2.4x, FA 0.97 vs 0.12). Under the default standardised GD (a diagonal preconditioner) the fine
+    head still averages far less, but the distance contrast is much weaker on this small setting
+    (about 1.0x; 1.5x on the full mnist5v5), which the README states."""
+    binary, fine = plain_gd_records["binary"], plain_gd_records["fine"]
+    assert fine.feature_space["median_min_distance"] > 1.5 * binary.feature_space["median_min_distance"]
+    assert binary.fa_score is not None and fine.fa_score is not None
+    assert binary.fa_score > fine.fa_score + 0.5
+    std_binary, std_fine = records["binary"], records["fine"]
+    assert std_binary.fa_score is not None and std_fine.fa_score is not None
+    assert std_binary.fa_score > std_fine.fa_score + 0.2
