@@ -178,7 +178,9 @@ def test_on_ray_a_raising_plugin_is_retried_once_and_reported_a_killed_worker_re
 def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
-    path = write(tmp_path / "s.toml", TINY.replace("d=64", "d=128")
+    # jobs of a couple of seconds each, so that the signal sent after the first one lands while
+    # others are still running (with instant jobs the sweep could finish first on a fast machine)
+    path = write(tmp_path / "s.toml", TINY.replace("d=64", "d=512").replace("n_test=50", "n_test=1000")
                  + 'recipes = ["binary", "fine"]\nseeds = [0, 1, 2, 3, 4, 5]\n')
     env = {"OMP_NUM_THREADS": "1"}
     proc = fabench("sweep", str(path), "--jobs", "2", "--quiet", env=env)
