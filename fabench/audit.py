@@ -22,7 +22,9 @@ the radii below each point's minimal distance found so far (:func:`strong_breaks
 It reports every radius where the strong worst case (protocol and strong suite together) is below
 the protocol's, by how much (robust accuracy, same points; the gap is never negative).
 ``strong[name]`` is the robust accuracy after the protocol and the strong attacks up to and
-including ``name`` (the last one's equals ``strong["worst"]``), not the attack's own curve.
+including ``name`` in run order (minimisation attacks first; the report's columns follow it, so
+they never increase left to right, and the last one equals ``strong["worst"]``), not the attack's
+own curve.
 The result is written atomically next to the record as ``<record>.audit`` with the record's key,
 so the leaderboard can show whether a row was audited and the largest gap found.
 
@@ -158,7 +160,8 @@ def audit(
     calls: dict[str, int] = {}
     ran = {s.name: {k: v for k, v in s.params.items() if k != "strict"} for s in own}
     skipped: list[str] = []
-    for spec in sorted(strong, key=lambda s: not getattr(s.attack, "minimization", False)):
+    strong = sorted(strong, key=lambda s: not getattr(s.attack, "minimization", False))  # run order
+    for spec in strong:
         t0 = time.perf_counter()
         if ran.get(spec.name) == {k: v for k, v in spec.params.items() if k != "strict"}:
             # the record's protocol already ran it with these parameters (e.g. exact): nothing new

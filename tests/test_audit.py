@@ -29,6 +29,12 @@ def test_audit_writes_a_keyed_result_that_the_leaderboard_shows(tmp_path: Path, 
     assert all(g >= -1e-9 for g in result["gaps"].values())
     # a 3-step PGD and the averaged direction miss points that exact breaks somewhere on the grid
     assert result["max_gap"] > 0 and "beat the protocol" in text
+    # strong columns are cumulative in run order (exact, a minimisation attack, before apgd): they
+    # never increase left to right, and the last one is the strong worst case
+    assert list(result["strong"]) == ["exact", "apgd", "worst"]
+    for r in result["gaps"]:
+        col = [result["strong"][name][r] for name in result["strong"]]
+        assert all(a >= b - 1e-12 for a, b in zip(col, col[1:])) and col[-2] == col[-1]
     board = leaderboard.load(out)
     md = leaderboard.render(board)
     assert f"{result['max_gap']:.3f} (1/1)" in md
