@@ -26,17 +26,22 @@ SMALL = [("task.n_train", "2000"), ("backbone_epochs", "1"), ("backbone_width", 
 ATTACKS = ("analytic", "pairwise", "deepfool")
 
 
-@pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
+def small_records(tmp_path_factory: pytest.TempPathFactory, overrides: list[tuple[str, str]]) -> dict[str, Record]:
+    """The binary and fine heads of mnist5v5 on the small setting (offline, a fresh cache)."""
     data_dir = make_data_dir(tmp_path_factory.mktemp("data"), cifar=False)
     out, cache = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(store.OFFLINE_ENV, "1")
         return {
-            recipe: evaluate(RunConfig(task="mnist5v5", recipe=recipe, n_eval=80, attacks=ATTACKS, overrides=SMALL,
+            recipe: evaluate(RunConfig(task="mnist5v5", recipe=recipe, n_eval=80, attacks=ATTACKS, overrides=overrides,
                                        data_dir=str(data_dir), cache_dir=str(cache)), out_dir=out)[0]
             for recipe in ("binary", "fine")
         }
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
+    return small_records(tmp_path_factory, SMALL)
 
 
 def test_default_tasks_are_the_paper_setting() -> None:
@@ -119,16 +124,7 @@ def test_unconverged_head_warns_in_record_and_report(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def plain_gd_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
     """The same small setting with the paper's optimiser: plain full-batch GD on the raw features."""
-    data_dir = make_data_dir(tmp_path_factory.mktemp("data"), cifar=False)
-    out, cache = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("cache")
-    plain = SMALL + [("standardize", "false"), ("lr", "0.5")]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(store.OFFLINE_ENV, "1")
-        return {
-            recipe: evaluate(RunConfig(task="mnist5v5", recipe=recipe, n_eval=80, attacks=ATTACKS, overrides=plain,
-                                       data_dir=str(data_dir), cache_dir=str(cache)), out_dir=out)[0]
-            for recipe in ("binary", "fine")
-        }
+    return small_records(tmp_path_factory, SMALL + [("standardize", "false"), ("lr", "0.5")])
 
 
 def test_fine_head_more_robust_in_feature_space(plain_gd_records: dict[str, Record],
