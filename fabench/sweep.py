@@ -451,7 +451,7 @@ def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
 
 
 def _sigterm_as_interrupt() -> Callable[[], None] | None:
-    """While Ray runs, treat SIGTERM (a batch system's stop) like Ctrl-C, so that the jobs in
+    """While Ray runs, treat SIGTERM (a batch system's stop) and SIGINT like Ctrl-C, so that the jobs in
     flight are cancelled and Ray is shut down (Ray's own handler aborts the driver and leaves
     its agent processes behind). Returns the function that restores the previous handler."""
     import signal
@@ -464,9 +464,13 @@ def _sigterm_as_interrupt() -> Callable[[], None] | None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C as well, even where the parent started us with SIGINT ignored (a background job of a
+    # non-interactive shell, nohup): Python then installs no KeyboardInterrupt handler of its own
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def restore() -> None:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
     return restore
 
