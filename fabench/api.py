@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabench.records import Record
     from fabench.taskfiles import FileTask
 
-DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool")
 
 
 def evaluate(
@@ -34,7 +33,7 @@ def evaluate(
     task: str,
     recipe: str,
     seed: int = 0,
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
+    attacks: Sequence[str] | None = None,
     radii: Sequence[float] | None = None,
     params: Mapping[str, Any] | None = None,
     n_eval: int = 0,
@@ -47,6 +46,7 @@ def evaluate(
 ) -> "Record":
     """Run (or reuse) one evaluation and return its :class:`~fabench.records.Record`.
 
+    ``attacks`` defaults to the CLI's default protocol (:data:`fabench.evaluation.DEFAULT_ATTACKS`).
     ``task`` is a registered task, a task file (``*.toml``) or a :class:`~fabench.taskfiles.FileTask`
     name registered by :func:`task_variant`; ``radii`` default to the task's grid; ``out`` defaults
     to ``$FABENCH_RESULTS`` (the record is written there, and a finished record with the same
@@ -54,11 +54,11 @@ def evaluate(
     recomputed. Use ``record.robust_accuracy_at(radius)`` / ``record.robust_curve(attack)`` for
     float-keyed robust accuracies.
     """
-    from fabench.evaluation import RunConfig
+    from fabench.evaluation import DEFAULT_ATTACKS, RunConfig
     from fabench.evaluation import evaluate as _evaluate
     from fabench.records import default_results_dir
 
-    cfg = RunConfig(task=task, recipe=recipe, seed=seed, attacks=tuple(attacks),
+    cfg = RunConfig(task=task, recipe=recipe, seed=seed, attacks=DEFAULT_ATTACKS if attacks is None else tuple(attacks),
                     radii=None if radii is None else [float(r) for r in radii], n_eval=n_eval,
                     overrides=tuple((str(k), v) for k, v in (params or {}).items()),
                     data_dir=data_dir, cache_dir=cache_dir)

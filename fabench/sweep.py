@@ -600,12 +600,16 @@ def _run_on_ray(
                 else:
                     settle(job, out, "")
     finally:
-        for ref in inflight:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # best effort: the task may have finished meanwhile
-                pass
         if started_here:
+            # shutting down stops the jobs in flight (a driver's tasks die with it). No ray.cancel
+            # first: in Ray 2.60 a cancel that races with a task's reply aborts the driver
+            # ("Tried to complete task that was not pending", ray-project/ray#54798)
             ray.shutdown()
+        else:  # a Ray this process did not start is left running: cancel only our own tasks
+            for ref in inflight:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # best effort: the task may have finished meanwhile
+                    pass
         if restore is not None:
             restore()

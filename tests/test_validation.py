@@ -252,6 +252,11 @@ def test_python_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert variant.radii == (0.0, 2.0, 4.0) and "synthetic-tiny" in fabench.list_tasks()
     rec2 = fabench.evaluate(task="synthetic-tiny", recipe="binary", attacks=["analytic"], out=tmp_path / "res",
                             params={"steps": 30})
+    # without attacks=, the Python API runs the CLI's default protocol (not a weaker list of its own)
+    rec3 = fabench.evaluate(task="synthetic-tiny", recipe="binary", out=tmp_path / "res", params={"steps": 30})
+    from fabench.evaluation import DEFAULT_ATTACKS
+
+    assert tuple(rec3.config["attacks"]) == DEFAULT_ATTACKS and "exact" in DEFAULT_ATTACKS
     assert rec2.radii == [0.0, 2.0, 4.0] and rec2.data_info["n_test"] == 20
     _reload()
 
