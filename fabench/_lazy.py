@@ -9,8 +9,9 @@ heavy dependencies through these proxies (typed for checkers under ``TYPE_CHECKI
     else:
         torch = lazy("torch")
 
-* :func:`lazy` is a module proxy: the first attribute access imports the module; every attribute
-  read is forwarded to the module (not cached, so patching the module is seen).
+* :func:`lazy` is a module proxy: the first attribute access imports the module; attribute reads
+  are forwarded to the module (functions are not cached, so patching the module is seen; the
+  module and its submodules are).
 * :func:`lazy_attr` is one attribute of a module (a class used in ``isinstance`` or called).
 * :func:`no_grad` is ``@torch.no_grad()`` for a function defined at import time.
 * :class:`TorchModule` is a base for a ``torch.nn.Module`` subclass defined at import time: the
@@ -21,22 +22,49 @@ from __future__ import annotations
 
 import functools
 import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 
 
 class _LazyModule:
-    """A module imported on first attribute access (attributes read through to the module)."""
+    """A module imported on first attribute access (attributes read through to the module).
+
+    The module object is kept once imported, and so are its *submodules* (``torch.nn``,
+    ``torch.linalg``): reading them costs a plain attribute lookup. Other attributes are read from
+    the module on every access, so a patched function (a test's ``monkeypatch.setattr(torch,
+    "save", ...)``) is seen; setting or deleting an attribute through the proxy patches the module.
+    """
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "_lazy_name", name)
+        object.__setattr__(self, "_lazy_target", None)
 
-    def __getattr__(self, attr: str) -> Any:
-        name: str = object.__getattribute__(self, "_lazy_name")
-        module = importlib.import_module(name)
-        try:  # not cached: a patched attribute (tests' monkeypatch of torch.save) must be seen
-            return getattr(module, attr)
-        except AttributeError:
-            return importlib.import_module(f"{name}.{attr}")  # a submodule not imported by the package
+    def _lazy_module(self) -> ModuleType:
+        module: ModuleType | None = self._lazy_target
+        if module is None:
+            module = importlib.import_module(self._lazy_name)
+            object.__setattr__(self, "_lazy_target", module)
+        return module
+
+    def __getattr__(self, attr: str) -> Any:  # only called for names not cached in the instance
+        module = self._lazy_target
+        if module is None:
+            module = self._lazy_module()
+        try:
+            value = getattr(module, attr)
+        except AttributeError:  # a submodule not imported by the package
+            value = importlib.import_module(f"{module.__name__}.{attr}")
+        if isinstance(value, ModuleType):  # a submodule: kept (patches of its attributes are still seen)
+            object.__setattr__(self, attr, value)
+        return value
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        setattr(self._lazy_module(), attr, value)
+        self.__dict__.pop(attr, None)
+
+    def __delattr__(self, attr: str) -> None:
+        delattr(self._lazy_module(), attr)
+        self.__dict__.pop(attr, None)
 
     def __repr__(self) -> str:
         return f"<lazy module {object.__getattribute__(self, '_lazy_name')!r}>"

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from fabench import params as P
 from fabench import registry
+from fabench.certify import certified_robust
 from fabench.errors import ConfigError
 import torch
 
@@ -188,19 +189,6 @@ def audit(
         timings=timings,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-def certified_robust(model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float]) -> torch.Tensor:
-    """``R x N``: True where :func:`fabench.certify.certify` proves point ``n`` robust at ``radii[r]``
-    in the input space (no attack can break it there; all False without an input-space certificate)."""
-    from fabench.certify import certify
-
-    out = torch.zeros(len(radii), len(x), dtype=torch.bool)
-    cert = certify(model, x, y, max_radius=2 * max(max(radii), 1e-6))
-    if cert is None or cert.space != "input":
-        return out
-    r = torch.tensor([float(v) for v in radii])
-    return r[:, None] < cert.radius.float()[None, :]
 
 
 def strong_breaks(

@@ -161,3 +161,18 @@ def certify(
         method = "crown+exact-regions"
     radius = torch.where(correct, radius, torch.zeros_like(radius))
     return Certificate(radius.float(), space, method)
+
+
+def certified_robust(model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+                     rtol: float = 0.0, batch_size: int = 500) -> torch.Tensor:
+    """``R x N``: True where :func:`certify` proves point ``n`` robust at ``radii[r] * (1 + rtol)``
+    in the input space (no attack can break it there; all False without an input-space certificate).
+
+    ``rtol`` covers the tolerance attacks get on their radius (``RADIUS_RTOL``) and round-off;
+    ``batch_size`` as :func:`certify`'s (the protocol's batches reuse the exact attack's work)."""
+    out = torch.zeros(len(radii), len(x), dtype=torch.bool)
+    cert = certify(model, x, y, max_radius=2 * max(max(radii), 1e-6), batch_size=batch_size)
+    if cert is None or cert.space != "input":
+        return out
+    r = torch.tensor([float(v) for v in radii])
+    return r[:, None] * (1 + rtol) < cert.radius.float()[None, :]

@@ -21,6 +21,10 @@ Two modes (``run_protocol(..., mode=...)``, recorded in :attr:`ProtocolResult.mo
   fixed-epsilon attack is called per group of points with the same remaining radii; a
   minimisation attack gets every radius, its cost not depending on them), and a point broken at
   every radius is skipped.
+  Before the first fixed-epsilon attack, points are also closed at the radii
+  :func:`fabench.certify.certified_robust` proves them robust at (with a margin above the
+  attacks' radius tolerance), where no attack can break them: on two-layer heads on the input
+  whose exact distance is tight (binary, robust) nothing is left for the fixed-epsilon attacks.
   The worst case is never above ``full``'s for the same attacks (up to their randomness), but
   ``outcomes[name]`` is then **not the attack's own curve**: it is the worst case of that attack
   and every attack run before it (so the last one's equals the worst case), and
@@ -204,26 +208,40 @@ def _run_fast(
     min_d = torch.where(clean_correct, torch.full((n,), float("inf")), torch.zeros(n))
     order = [s for s in attacks if getattr(s.attack, "minimization", False)]
     order += [s for s in attacks if not getattr(s.attack, "minimization", False)]
+    closed: torch.Tensor | None = None  # R x N certified robust, once the minimisation attacks ran
+    given = torch.arange(n)  # the points the last minimisation attack was given
     for spec in order:
-        start = time.perf_counter()
         minimization = bool(getattr(spec.attack, "minimization", False))
+        if not minimization and closed is None:
+            start = time.perf_counter()
+            closed = _certified_cells(model, x, y, radii, given, batch_size)
+            timings["certify (closure)"] = time.perf_counter() - start
+        start = time.perf_counter()
         left = n_r - worst.sum(dim=0)  # radii below the first one an earlier attack broke the point at
-        # (point indices, number of radii) jobs: one per remaining-radii group (one for minimisation)
-        # A fixed-epsilon attack also gets the first radius the point is already broken at: what it
-        # finds there often lies below it (and a search over radii starts from a known success).
-        jobs = [((left > 0).nonzero().squeeze(1), n_r)] if minimization else [
-            ((left == c).nonzero().squeeze(1), min(int(c) + 1, n_r)) for c in left.unique().tolist() if c > 0]
-        total, done = sum(len(p) for p, _ in jobs), 0
+        # (point indices, first radius, end radius) jobs: one per remaining-radii band (one for
+        # minimisation). A fixed-epsilon attack skips the radii the point is certified robust at,
+        # and also gets the first radius the point is already broken at: what it finds there often
+        # lies below it (and a search over radii starts from a known success).
+        if minimization:
+            given = (left > 0).nonzero().squeeze(1)
+            jobs = [(given, 0, n_r)]
+        else:
+            assert closed is not None
+            low = torch.minimum(closed.sum(dim=0), left)  # certified radii: a prefix (below the radius)
+            bands = torch.stack([low, left], dim=1)[left > low]
+            jobs = [(((low == lo) & (left == c)).nonzero().squeeze(1), int(lo), min(int(c) + 1, n_r))
+                    for lo, c in bands.unique(dim=0).tolist()]
+        total, done = sum(len(p) for p, _, _ in jobs), 0
         progress(f"attack {spec.name}", 0, total)
-        for pts, n_c in jobs:
-            rad = radii[:n_c]
+        for pts, n_0, n_c in jobs:
+            rad = radii[n_0:n_c]
             for b0 in range(0, len(pts), batch_size):
                 sel = pts[b0 : b0 + batch_size]
                 out = spec.attack.run(model, x[sel], y[sel], rad, data=data, params=spec.params,
                                       seed=attack_seed(seed, spec.name) + int(sel[0]))
                 ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], rad, data)
                 verified[spec.name] = ok and verified.get(spec.name, True)
-                worst[:n_c, sel] |= out.broken.cpu()
+                worst[n_0:n_c, sel] |= out.broken.cpu()
                 min_d[sel] = torch.minimum(min_d[sel], torch.where(clean_correct[sel], out.distances.float().cpu(),
                                                                      torch.zeros(len(sel))))
                 done += len(sel)
@@ -234,3 +252,27 @@ def _run_fast(
         timings[f"attack {spec.name}"] = time.perf_counter() - start
     outcomes = {s.name: outcomes[s.name] for s in attacks}
     return ProtocolResult(radii, idx, clean_correct, outcomes, worst, min_d, timings, verified, mode="fast")
+
+
+#: Margin of the fast mode's certificate closure: a point is closed at ``r`` only where it is
+#: certified robust at ``r * (1 + CERTIFIED_RTOL)``, well above the attacks' ``RADIUS_RTOL``.
+CERTIFIED_RTOL = 1e-4
+
+
+def _certified_cells(model: Classifier, x: torch.Tensor, y: torch.Tensor, radii: tuple[float, ...],
+                     given: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``R x N`` (on the CPU): where :func:`fabench.certify.certified_robust` proves the points in
+    ``given`` robust (certified on the same batches the exact attack had, so its work is reused)."""
+    out = torch.zeros(len(radii), len(x), dtype=torch.bool)
+    if not getattr(model, "identity_backbone", False) or len(given) == 0:
+        return out  # with a backbone the certificate holds in feature space only: nothing to close
+    from fabench.certify import certified_robust
+
+    cert_model = model
+    if x.device.type != "cpu":  # the certificate runs on the CPU (a copy of the model: small heads)
+        import copy
+
+        cert_model = copy.deepcopy(model).cpu()
+    out[:, given] = certified_robust(cert_model, x[given].cpu(), y[given].cpu(), radii, rtol=CERTIFIED_RTOL,
+                                     batch_size=batch_size)
+    return out

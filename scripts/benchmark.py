@@ -197,7 +197,7 @@ def main() -> int:
                         if parts and "train" in t:
                             t["train: head"] = t["train"] - sum(parts)
                         t["protocol (attacks + certify)"] = sum(
-                            v for k, v in t.items() if k.startswith("attack ") or k == "certify")
+                            v for k, v in t.items() if k.startswith(("attack ", "certify")))
                         t["total (wall)"] = a["wall"]
                         for k, v in t.items():
                             stages.setdefault(k, []).append(float(v))
@@ -229,6 +229,13 @@ def main() -> int:
     print(tabulate(rows, headers=["mode", "attacks", "recipe", "stage", "median", "min", "max"],
                    floatfmt=".2f", tablefmt="github"))
     print("protocol time over all recipes (medians): " + ", ".join(f"{k} {v:.1f}s" for k, v in totals.items()))
+    if len(modes) > 1:
+        for recipe in recipes:
+            a, b = curves.get((modes[0], recipe), {}), curves.get((modes[1], recipe), {})
+            diffs = {r: b[r] - a[r] for r in a if r in b}
+            off = {r: round(d, 6) for r, d in diffs.items() if abs(d) > 1e-12}
+            print(f"worst case, {recipe}: {modes[1]} " + ("equals " if not off else f"differs from (at {off}) ")
+                  + f"{modes[0]} at every radius ({len(diffs)} radii)")
     if plain:
         print()
         print(f"plain foolbox: L2PGD at every radius on every point (random start), same model and points, "

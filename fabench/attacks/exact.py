@@ -181,23 +181,27 @@ def hildreth(
     dual[empty] = math.inf
     live = (~empty).nonzero().squeeze(1)
     inv = torch.where(zero, torch.zeros_like(gdiag), 1.0 / gdiag.clamp_min(1e-300))
+    # The live problems are gathered once and narrowed at each convergence check (not gathered
+    # again in every sweep); lam and v are written back at the checks (the last sweep is one).
+    al, hl, ll, vl, il = a[live], h[live], lam[live], v[live], inv[live]
     for sweep in range(sweeps):
         if len(live) == 0:
             break
-        al, hl, ll, vl, il = a[live], h[live], lam[live], v[live], inv[live]
         for j in range(c):
             gj = (al[:, j] * vl).sum(-1) + hl[:, j]
             new = (ll[:, j] - gj * il[:, j]).clamp_min(0.0)
             vl = vl + (new - ll[:, j])[:, None] * al[:, j]
             ll[:, j] = new
-        lam[live], v[live] = ll, vl
         if sweep % 10 == 9 or sweep == sweeps - 1:
+            lam[live], v[live] = ll, vl
             d = -0.5 * (vl * vl).sum(-1) - (hl * ll).sum(-1)
             dual[live] = d
             viol = (torch.einsum("pcr,pr->pc", al, -vl) - hl).amax(1).clamp_min(0)
             primal = 0.5 * (vl * vl).sum(-1)
             done = ((viol <= tol * (1 + hl.abs().amax(1))) & (primal - d <= tol * (1 + primal))) | (d > cutoff[live])
-            live = live[~done]
+            if bool(done.any()):
+                keep = ~done
+                live, al, hl, ll, vl, il = live[keep], al[keep], hl[keep], ll[keep], vl[keep], il[keep]
     return -v, dual, lam
 
 
@@ -286,13 +290,16 @@ def decisively_wrong(model: "Classifier", hp: PiecewiseHead, z: torch.Tensor, y:
 
 
 def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
-                  bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest verified adversarial ``clip(x + t delta)``, ``t`` in a few scalings just above 1."""
+                  bounds: tuple[float, float], *, head: PiecewiseHead | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest verified adversarial ``clip(x + t delta)``, ``t`` in a few scalings just above 1.
+
+    ``head``: the model's :func:`piecewise_head` when the caller has it (built once per call)."""
     n = len(x)
     best = torch.full((n,), math.inf, dtype=torch.float64)
     adv = torch.full_like(x, float("nan"))
     todo = torch.isfinite(delta.flatten(1)).all(1)
-    hp = piecewise_head(model)
+    hp = head if head is not None else piecewise_head(model)
     for t in (1.0, 1 + 1e-7, 1 + 3e-7, 1 + 1e-6, 1 + 2e-6, 1 + 4e-6, 1 + 7e-6, 1 + 1e-5, 1 + 2e-5, 1 + 1e-4,
               1 + 1e-3, 1 + 1e-2):
         idx = todo.nonzero().squeeze(1)
@@ -308,29 +315,32 @@ def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: 
 
 
 def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
-             bounds: tuple[float, float], *, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bisection for the first verified flip on the segment ``x + t delta``, ``t in [0, 1.01]``."""
+             bounds: tuple[float, float], *, steps: int = 40, head: PiecewiseHead | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bisection for the first verified flip on the segment ``x + t delta``, ``t in [0, 1.01]``
+    (``head`` as in :func:`_verify_along`)."""
     n = len(x)
     shape = (-1,) + (1,) * (x.dim() - 1)
     xd = x.double()
     boxed = bounds[0] > -math.inf or bounds[1] < math.inf
 
-    def pt(t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        z = (xd if rows is None else xd[rows]) + t.reshape(shape) * (delta if rows is None else delta[rows])
+    def pt(t: torch.Tensor, base: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        z = base + t.reshape(shape) * step
         return (z.clamp(*bounds) if boxed else z).to(x.dtype)
 
-    hp = piecewise_head(model)
+    hp = head if head is not None else piecewise_head(model)
     hi = torch.full((n,), 1.01, dtype=torch.float64)
-    reach = decisively_wrong(model, hp, pt(hi), y)
+    reach = decisively_wrong(model, hp, pt(hi, xd, delta), y)
     rows = reach.nonzero().squeeze(1)  # only the segments that reach a flip are bisected
     lo_r, hi_r, y_r = torch.zeros(len(rows), dtype=torch.float64), hi[rows], y[rows]
+    xd_r, delta_r = xd[rows], delta[rows]  # gathered once, not in every step
     for _ in range(steps):
         mid = (lo_r + hi_r) / 2
-        b = decisively_wrong(model, hp, pt(mid, rows), y_r)
+        b = decisively_wrong(model, hp, pt(mid, xd_r, delta_r), y_r)
         hi_r = torch.where(b, mid, hi_r)
         lo_r = torch.where(b, lo_r, mid)
     hi[rows] = hi_r
-    final = pt(hi)
+    final = pt(hi, xd, delta)
     ok = reach & decisively_wrong(model, hp, final, y)
     dist = torch.where(ok, (final.double() - x.double()).flatten(1).norm(dim=1), torch.tensor(math.inf, dtype=torch.float64))
     adv = torch.where(ok.reshape(shape), final, torch.full_like(final, float("nan")))
@@ -351,7 +361,7 @@ def smooth_margin(hp: PiecewiseHead, z: torch.Tensor, beta: float) -> torch.Tens
 def refine_on_boundary(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, dist: torch.Tensor,
     bounds: tuple[float, float], *, steps: int = 20, hp: PiecewiseHead | None = None,
-    betas: Sequence[float] = (math.inf, 4.0, 1.0),
+    betas: Sequence[float] = (math.inf, 4.0, 1.0), head: PiecewiseHead | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shorten verified adversarials by projecting ``x`` onto the margin's tangent plane at them.
 
@@ -360,8 +370,10 @@ def refine_on_boundary(
     segment from ``x`` towards ``w`` (a little beyond) replaces ``z`` if it is closer. Only
     improvements are kept, each verified on the model (a DeepFool step taken from the boundary).
     With ``hp``, tangent planes of softplus surrogates (``betas``) are tried too: they see units
-    that are off at ``z`` but would help if switched on (dead ReLUs again).
+    that are off at ``z`` but would help if switched on (dead ReLUs again). ``head`` (or ``hp``)
+    is the model's :func:`piecewise_head`, built here if neither is given.
     """
+    head = hp if hp is not None else head if head is not None else piecewise_head(model)
     sign = (y.float() * 2 - 1).double()
     shape = (-1,) + (1,) * (x.dim() - 1)
     adv, dist = adv.clone(), dist.clone()
@@ -388,7 +400,8 @@ def refine_on_boundary(
             nrm2 = (gd * gd).sum(1).clamp_min(1e-300)
             w = x[idx].double().flatten(1) - ((gz + (gd * xz).sum(1)) / nrm2)[:, None] * gd
             delta = (w - x[idx].double().flatten(1)) * 1.5
-            d_new, a_new = _line_to(model, x[idx], y[idx], delta.reshape(x[idx].shape), bounds, steps=30)
+            d_new, a_new = _line_to(model, x[idx], y[idx], delta.reshape(x[idx].shape), bounds, steps=30,
+                                    head=head)
             better = d_new < dist[idx] * (1 - 1e-7)
             if better.any():
                 improved = True
@@ -511,7 +524,7 @@ def exact_distances(
     best, beta, lower = _region_min(hp, pre, bmat, sign, outer=False, upper0=inf, sweeps=sweeps, batch=batch)
     delta = (beta @ q.T).reshape(x.shape)
     if hp.kind == "affine":
-        upper, adv = _verify_along(model, x, y, delta, bounds)
+        upper, adv = _verify_along(model, x, y, delta, bounds, head=hp)
         # A minimiser on a piece without interior (e.g. g = 0 on a whole region) may not survive
         # round-off; those points are solved again on polyhedra shrunk by a tiny distance.
         redo = (torch.isfinite(best) & torch.isinf(upper)).nonzero().squeeze(1)
@@ -523,13 +536,14 @@ def exact_distances(
                                                     + float(hp.bias.detach().abs().max())))
             _, beta2, _ = _region_min(hp, pre[redo], bmat, sign[redo], outer=False, upper0=inf[redo],
                                       sweeps=sweeps, batch=batch, shrink=eta)
-            up2, adv2 = _verify_along(model, x[redo], y[redo], (beta2 @ q.T).reshape(x[redo].shape), bounds)
+            up2, adv2 = _verify_along(model, x[redo], y[redo], (beta2 @ q.T).reshape(x[redo].shape), bounds,
+                                      head=hp)
             upper[redo], adv[redo] = up2, adv2
     else:
-        upper, adv = _line_to(model, x, y, delta, bounds)
+        upper, adv = _line_to(model, x, y, delta, bounds, head=hp)
         ok = torch.isfinite(best)
         upper = torch.where(ok, upper, inf)
-        adv, upper = refine_on_boundary(model, x, y, adv, upper, bounds)
+        adv, upper = refine_on_boundary(model, x, y, adv, upper, bounds, head=hp)
         if with_lower:
             _, _, low = _region_min(hp, pre, bmat, sign, outer=True, upper0=upper.clone(), sweeps=sweeps, batch=batch)
         else:
@@ -601,7 +615,10 @@ def polish(
     upper, adv = upper.clone(), adv.clone()
     box = unit_box(model, x, data, max(max(radii), 1e-6))
     shape = (-1,) + (1,) * (x.dim() - 1)
-    with torch.random.fork_rng():
+    # Under no_grad (APGD enables grad for its own gradients): pyautoattack's APGD writes
+    # ``x_best_adv[ind] = x_adv[ind]`` outside its no_grad blocks, so with grad enabled every
+    # iteration's iterate stays referenced by an autograd graph (about 200 MB per run here).
+    with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
         for r in sorted(float(v) for v in radii):
             if r <= 0:
