@@ -181,18 +181,23 @@ def hildreth(
     dual[empty] = math.inf
     live = (~empty).nonzero().squeeze(1)
     inv = torch.where(zero, torch.zeros_like(gdiag), 1.0 / gdiag.clamp_min(1e-300))
-    # The live problems are gathered once and narrowed at each convergence check (not gathered
-    # again in every sweep); lam and v are written back at the checks (the last sweep is one).
-    al, hl, ll, vl, il = a[live], h[live], lam[live], v[live], inv[live]
+    # The live problems are gathered once, constraint-major (row j of every problem contiguous),
+    # and narrowed at each convergence check (not gathered again in every sweep); lam and v are
+    # written back at the checks (the last sweep is one). Same arithmetic as row-major in-place
+    # updates: elementwise, and each row sum over a fresh contiguous product.
+    al, hl, vl = a[live], h[live], v[live]
+    at, ht = al.transpose(0, 1).contiguous(), hl.t().contiguous()  # C x P x r, C x P
+    lt, it = lam[live].t().contiguous(), inv[live].t().contiguous()
     for sweep in range(sweeps):
         if len(live) == 0:
             break
         for j in range(c):
-            gj = (al[:, j] * vl).sum(-1) + hl[:, j]
-            new = (ll[:, j] - gj * il[:, j]).clamp_min(0.0)
-            vl = vl + (new - ll[:, j])[:, None] * al[:, j]
-            ll[:, j] = new
+            gj = (at[j] * vl).sum(-1) + ht[j]
+            new = (lt[j] - gj * it[j]).clamp_min(0.0)
+            vl = vl + (new - lt[j])[:, None] * at[j]
+            lt[j] = new
         if sweep % 10 == 9 or sweep == sweeps - 1:
+            ll = lt.t().contiguous()
             lam[live], v[live] = ll, vl
             d = -0.5 * (vl * vl).sum(-1) - (hl * ll).sum(-1)
             dual[live] = d
@@ -201,7 +206,8 @@ def hildreth(
             done = ((viol <= tol * (1 + hl.abs().amax(1))) & (primal - d <= tol * (1 + primal))) | (d > cutoff[live])
             if bool(done.any()):
                 keep = ~done
-                live, al, hl, ll, vl, il = live[keep], al[keep], hl[keep], ll[keep], vl[keep], il[keep]
+                live, al, hl, vl = live[keep], al[keep], hl[keep], vl[keep]
+                at, ht, lt, it = at[:, keep], ht[:, keep], lt[:, keep], it[:, keep]
     return -v, dual, lam
 
 
