@@ -273,6 +273,9 @@ def _certified_cells(model: Classifier, x: torch.Tensor, y: torch.Tensor, radii:
         import copy
 
         cert_model = copy.deepcopy(model).cpu()
-    out[:, given] = certified_robust(cert_model, x[given].cpu(), y[given].cpu(), radii, rtol=CERTIFIED_RTOL,
-                                     batch_size=batch_size)
+    try:
+        out[:, given] = certified_robust(cert_model, x[given].cpu(), y[given].cpu(), radii, rtol=CERTIFIED_RTOL,
+                                         batch_size=batch_size)
+    except ConfigError:  # a head the certificate does not cover (e.g. a fine head with |J+| != |J-|)
+        pass
     return out

@@ -103,3 +103,47 @@ def test_unknown_protocol_mode_is_a_config_error(data) -> None:
     model = Classifier(RobustHead(data.features, data.positive_mask, torch.full((10,), 5.0)))
     with pytest.raises(ConfigError, match="mode"):
         run_protocol(model, data, specs("analytic"), radii=[0, 1], mode="quick")
+
+
+class _Spy:
+    """A fixed-epsilon attack that records what the protocol gives it."""
+
+    minimization = False
+
+    def __init__(self, name: str) -> None:
+        self.inner = registry.attacks.get(name)
+        self.meta = self.inner.meta
+        self.calls: list[tuple[torch.Tensor, tuple[float, ...]]] = []
+
+    def run(self, model, x, y, radii, **kw):
+        self.calls.append((x.clone(), tuple(radii)))
+        return self.inner.run(model, x, y, radii, **kw)
+
+
+def test_fast_mode_closes_certified_points(data) -> None:
+    """Fast mode gives the fixed-epsilon attacks no radius a point is certified robust at: on
+    f_robust (exact distances tight) almost nothing is left for PGD, and the worst case is full's."""
+    from fabench.certify import certify
+
+    model = Classifier(RobustHead(data.features, data.positive_mask, torch.full((10,), math.sqrt(200) / 2)))
+    radii = [float(r) for r in range(0, 31, 2)]
+
+    def run(mode: str) -> tuple:
+        spy = _Spy("pgd")
+        attacks = specs("analytic", "exact") + [AttackSpec("pgd", spy, dict(spy.meta.params))]
+        return run_protocol(model, data, attacks, radii=radii, seed=0, batch_size=40, mode=mode), spy
+
+    (full, _), (fast, spy) = run("full"), run("fast")
+    assert torch.equal(fast.worst_broken, full.worst_broken)
+    cells = 0
+    for x, rad in spy.calls:
+        cert = certify(model, x, _labels(data, x), max_radius=2 * max(radii)).radius
+        assert all(bool((r * (1 + 1e-3) >= cert).all()) for r in rad)  # never inside a certified ball
+        cells += len(x) * len(rad)
+    assert cells <= 0.05 * len(radii) * len(data.x_test), cells  # full mode: every cell
+
+
+def _labels(data, x: torch.Tensor) -> torch.Tensor:
+    """The labels of test points given by their rows."""
+    match = (x[:, None, :] == data.x_test[None, :, :]).all(-1).float().argmax(1)
+    return data.y_test[match]
