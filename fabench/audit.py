@@ -29,7 +29,7 @@ The result is written atomically next to the record as ``<record>.audit`` with t
 so the leaderboard can show whether a row was audited and the largest gap found.
 
 The strong suite (:data:`STRONG_ATTACKS`): AutoAttack's APGD-CE (100 iterations x 5 restarts,
-one run per radius: ``search=grid``; the default protocol's ``apgd`` is cheaper: 100 x 3, bisection),
+one run per radius: ``search=grid``; the default protocol's ``apgd`` is cheaper: 100 x 4, bisection),
 FAB-L2 (100 iterations, 1 restart) and Square-L2 (5000 queries), foolbox's C&W-L2 (5 x 100 steps), ``surrogate`` (PGD through a smoothed
 copy of the network, :mod:`fabench.attacks.surrogate`) and ``exact`` where it applies (two-layer
 heads on the input with at most 16 units; skipped otherwise).

@@ -18,7 +18,7 @@ with ``search="bisect"`` instead searches each point's breaking radius as PGD do
 (:func:`~fabench.attacks.base.bisect_outcome`: the largest radius, bisection over the grid, a walk
 down), calling the library's ``APGDAttack.perturb`` once per distinct radius among the points of a
 probe (no warm start: ``perturb`` always starts at random). The default protocol runs
-``apgd`` that way at 100 iterations x 3 restarts (:data:`fabench.evaluation.DEFAULT_ATTACK_PARAMS`);
+``apgd`` that way at 100 iterations x 4 restarts (:data:`fabench.evaluation.DEFAULT_ATTACK_PARAMS`);
 the audit's strong suite runs it with ``search="grid"`` at 100 x 5. ``fab`` minimises the
 distance and gives a whole curve.
 """
