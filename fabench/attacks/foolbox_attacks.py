@@ -184,7 +184,7 @@ class PGDAttack:
 
         def run_once(idx: torch.Tensor, eps: float, k: int) -> torch.Tensor:
             _, adv, _ = attack(fmodel, x[idx], fb.criteria.Misclassification(y[idx]), epsilons=eps)
-            return adv  # type: ignore[no-any-return]
+            return adv
 
         return fixed_radius_outcome(model, x, y, radii, attempt=run_once, attempts=1 + int(params["restarts"]), seed=seed)
 
