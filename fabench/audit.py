@@ -28,7 +28,8 @@ own curve.
 The result is written atomically next to the record as ``<record>.audit`` with the record's key,
 so the leaderboard can show whether a row was audited and the largest gap found.
 
-The strong suite (:data:`STRONG_ATTACKS`): AutoAttack's APGD-CE (100 iterations x 5 restarts),
+The strong suite (:data:`STRONG_ATTACKS`): AutoAttack's APGD-CE (100 iterations x 5 restarts,
+one run per radius: ``search=grid``; the default protocol's ``apgd`` is cheaper: 100 x 4, bisection),
 FAB-L2 (100 iterations, 1 restart) and Square-L2 (5000 queries), foolbox's C&W-L2 (5 x 100 steps), ``surrogate`` (PGD through a smoothed
 copy of the network, :mod:`fabench.attacks.surrogate`) and ``exact`` where it applies (two-layer
 heads on the input with at most 16 units; skipped otherwise).
@@ -60,7 +61,7 @@ STRONG_ATTACKS = ("apgd", "fab", "square", "cw", "surrogate", "exact")
 #: Points per strong-attack call: bounds the memory of the library attacks (FAB, Square, C&W).
 AUDIT_BATCH = 100
 STRONG_PARAMS: dict[str, dict[str, Any]] = {
-    "apgd": {"steps": 100, "restarts": 5},
+    "apgd": {"steps": 100, "restarts": 5, "search": "grid"},
     "square": {"queries": 5000},
     "exact": {"strict": False},
     # the audit's budgets for the two minimisation attacks (every open point, every radius at once):

@@ -40,11 +40,18 @@ else:
     torch = lazy("torch")
     Classifier = lazy_attr("fabench.models.classifier", "Classifier")
 
-DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "deepfool", "exact")
+DEFAULT_ATTACKS = ("analytic", "pairwise", "pgd", "apgd", "deepfool", "exact")
 """The default protocol. ``exact`` (the ground truth of two-layer heads on the input) sees through
 the dead-ReLU plateaus where gradient attacks stop short; in the default list it claims nothing on
-models it cannot solve (``exact.strict = False``), asked for by name it refuses them."""
-DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {"exact": {"strict": False}}
+models it cannot solve (``exact.strict = False``), asked for by name it refuses them. ``apgd``
+(AutoAttack APGD-CE, 100 iterations x 4 restarts, per-point bisection over the radii) finds the
+flips through a CNN backbone that PGD misses: on ``mnist5v5`` seed 0 (100 points) the protocol
+without it was up to 0.07 (binary) / 0.09 (fine) above the audit's strong suite; with it the
+audit's gap is at most 0.01 at every radius (100 x 3 left 0.02 on fine; 100 x 2 and 50 x 3, 0.03)."""
+DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
+    "apgd": {"steps": 100, "restarts": 4, "search": "bisect"},
+    "exact": {"strict": False},
+}
 
 
 @dataclass

@@ -178,3 +178,56 @@ def test_deepfool_matches_foolbox_point_by_point(recipe: str) -> None:
     assert torch.equal(torch.isinf(got), torch.isinf(ref))
     fin = torch.isfinite(ref)
     assert torch.allclose(got[fin], ref[fin], rtol=1e-4, atol=1e-5)
+
+
+def tiny_cnn(n: int = 40):
+    """A seeded random conv net on 1 x 12 x 12 images in [0, 1] (labels: its own predictions, so
+    every point starts correct) and a data stand-in with the image bounds."""
+    from types import SimpleNamespace
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                       torch.nn.Flatten())
+        model = Classifier(BinaryHead(4 * 5 * 5, 8), backbone).eval()
+        x = torch.rand(n, 1, 12, 12)
+    with torch.no_grad():
+        y = (model.margin(x) > 0).long()
+    return model, x, y, SimpleNamespace(bounds=(0.0, 1.0))
+
+
+def test_pgd_curves_are_pinned_on_a_tiny_cnn() -> None:
+    """PGD's two searches (driven by fabench.attacks.base's bisect_outcome / fixed_radius_outcome)
+    give the curves they gave before the drivers were shared (fixed seed, pinned torch)."""
+    model, x, y, data = tiny_cnn()
+    pgd = registry.attacks.get("pgd")
+    radii = [0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.0]
+    got = {}
+    for search in ("bisect", "grid"):
+        out = pgd.run(model, x, y, radii, data=data, params={**pgd.meta.params, "search": search, "steps": 20}, seed=3)
+        got[search] = out.broken.sum(1).tolist()
+    assert got == PINNED_PGD_COUNTS
+
+
+PINNED_PGD_COUNTS = {"bisect": [0, 2, 17, 37, 40, 40, 40], "grid": [0, 2, 11, 24, 37, 40, 40]}
+
+
+def test_apgd_bisect_is_never_weaker_than_its_grid_and_every_claim_is_verified() -> None:
+    from fabench.validation import validate_outcome
+
+    model, x, y, data = tiny_cnn()
+    apgd = registry.attacks.get("apgd")
+    radii = [0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.0]
+    outs = {}
+    for search in ("bisect", "grid"):
+        outs[search] = apgd.run(model, x, y, radii, data=data, seed=0,
+                                params={**apgd.meta.params, "steps": 20, "restarts": 1, "search": search})
+    acc = {s: (~o.broken).float().mean(1) for s, o in outs.items()}
+    assert float(acc["grid"][1]) > 0.5 and float(acc["grid"][-1]) < 0.5  # the curve crosses the grid
+    assert torch.all(acc["bisect"] <= acc["grid"]), (acc["bisect"] - acc["grid"]).max()
+    out = outs["bisect"]
+    assert validate_outcome(out, name="apgd", source="test", radii=radii, model=model, x=x, y=y,
+                            clean_correct=torch.ones(len(x), dtype=torch.bool), bounds=(0.0, 1.0))
+    hit = torch.isfinite(out.distances)
+    assert bool((~model.correct(out.adversarials[hit], y[hit])).all())
+    assert bool(((out.adversarials[hit] - x[hit]).flatten(1).norm(dim=1) <= out.distances[hit] * (1 + 1e-5)).all())

@@ -46,10 +46,10 @@ def test_evaluate_json_record_and_reuse(tmp_path: Path, capsys) -> None:
                 "fa_score", "cosine_matrix", "timings", "versions"):
         assert key in rec
     assert rec["config"]["task_params"]["d"] == 200 and rec["config"]["recipe_params"]["steps"] == 100
-    assert set(rec["robust_accuracy"]) == {"analytic", "pairwise", "pgd", "deepfool", "exact", "worst"}
+    assert set(rec["robust_accuracy"]) == {"analytic", "pairwise", "pgd", "apgd", "deepfool", "exact", "worst"}
     worst = rec["robust_accuracy"]["worst"]
     assert list(worst) == ["0", "2", "4", "8", "16"]
-    for a in ("analytic", "pairwise", "pgd", "deepfool"):
+    for a in ("analytic", "pairwise", "pgd", "apgd", "deepfool"):
         assert all(worst[r] <= rec["robust_accuracy"][a][r] for r in worst)
     assert rec["clean_accuracy"] == 1.0 and rec["fa_score"] < 0.1
     assert "robust accuracy" in err  # the human table went to stderr

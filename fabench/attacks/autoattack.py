@@ -13,7 +13,14 @@ features are viewed as ``3 x n x n`` / ``1 x n x n``, others are zero-padded to 
 padding is ignored by the model, so it only costs query budget).
 
 ``apgd`` and ``square`` are fixed-radius attacks: one run per radius, only on the points not
-already broken at a smaller radius. ``fab`` minimises the distance and gives a whole curve.
+already broken at a smaller radius (:func:`~fabench.attacks.base.fixed_radius_outcome`). ``apgd``
+with ``search="bisect"`` instead searches each point's breaking radius as PGD does
+(:func:`~fabench.attacks.base.bisect_outcome`: the largest radius, bisection over the grid, a walk
+down), calling the library's ``APGDAttack.perturb`` once per distinct radius among the points of a
+probe (no warm start: ``perturb`` always starts at random). The default protocol runs
+``apgd`` that way at 100 iterations x 4 restarts (:data:`fabench.evaluation.DEFAULT_ATTACK_PARAMS`);
+the audit's strong suite runs it with ``search="grid"`` at 100 x 5. ``fab`` minimises the
+distance and gives a whole curve.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial, outcome_from_distances, perturbation_norms
+from fabench.attacks.base import RADIUS_RTOL, bisect_outcome, fixed_radius_outcome, is_adversarial, outcome_from_distances, perturbation_norms
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -99,10 +106,12 @@ def _fixed_radius(
 class APGDAttack:
     meta: ClassVar[Meta] = Meta(
         name="apgd",
-        description="AutoAttack APGD-CE, L2 (pyautoattack), one run per radius with restarts",
+        description="AutoAttack APGD-CE, L2 (pyautoattack), with restarts: one run per radius (search=grid) "
+                    "or per-point bisection over the radii (search=bisect)",
         reference="Croce & Hein (ICML 2020); pyautoattack.autopgd_base.APGDAttack",
-        params={"steps": 100, "restarts": 5, "rho": 0.75},
+        params={"steps": 100, "restarts": 5, "rho": 0.75, "search": "grid"},
         bounds={"steps": (1, None), "restarts": (1, None), "rho": (0.0, 1.0)},
+        choices={"search": ("bisect", "grid")},
     )
     minimization: ClassVar[bool] = False
 
@@ -118,7 +127,21 @@ class APGDAttack:
             return Lib(box, n_iter=int(params["steps"]), norm="L2", n_restarts=int(params["restarts"]),
                        eps=eps, seed=seed, loss="ce", rho=float(params["rho"]), device=x.device)
 
-        return _fixed_radius(model, x, y, radii, box, make, seed)
+        if str(params.get("search", "grid")) != "bisect":
+            return _fixed_radius(model, x, y, radii, box, make, seed)
+
+        def attempt(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+            """The library's ``perturb`` once per distinct radius among the points ``idx``."""
+            adv = torch.empty_like(x[idx.to(x.device)])
+            for e in torch.unique(eps).tolist():
+                at = (eps == e).nonzero().squeeze(1)
+                i = idx[at].to(x.device)
+                adv[at.to(x.device)] = box.from_unit(make(e / box.scale).perturb(box.to_unit(x[i]), y[i]).detach())
+            return adv
+
+        with torch.random.fork_rng():  # the library seeds torch's global RNG on every call
+            torch.manual_seed(seed)
+            return bisect_outcome(model, x, y, radii, attempt=attempt)
 
 
 @registry.attacks.register

@@ -31,6 +31,17 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_adv - x).flatten(1).norm(dim=1)
 
 
+def per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``v`` (one value per point) shaped to broadcast against ``like``'s points."""
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def into_ball(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``delta`` scaled down (never up) to L2 norm at most ``eps`` per point."""
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return delta * per_point(torch.clamp(eps / norms, max=1.0), delta)
+
+
 def is_adversarial(model: "Classifier", x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """True where ``x_adv`` is not classified correctly (see :meth:`Classifier.correct`)."""
     return ~model.correct(x_adv, y)
@@ -72,3 +83,92 @@ def fixed_radius_outcome(
                 if len(idx) == 0:
                     break
     return AttackOutcome(tuple(float(r) for r in radii), broken, distances, adversarials=adversarials)
+
+
+#: ``attempt(idx, eps, start)`` for :func:`bisect_outcome`: candidates for ``x[idx]`` at per-point
+#: radii ``eps`` (float32; ``idx`` and ``eps`` on the CPU), from a fresh start (``start is None``: the attack's own, e.g. random)
+#: or warm-started from the perturbation ``start`` (inside the ball).
+BisectAttempt = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor | None"], "torch.Tensor"]
+
+
+def bisect_outcome(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
+    attempt: BisectAttempt, attempts: int = 1, warm_start: bool = False,
+) -> AttackOutcome:
+    """A fixed-epsilon attack's curve by per-point bisection over the radius grid (about
+    ``1 + log2 R`` batched probes instead of up to ``R`` runs), then a walk down.
+
+    Each probe attacks the points whose fate is still open, each at its own radius: up to
+    ``attempts`` fresh calls of ``attempt`` (each on the points the earlier ones left), then, if
+    ``warm_start``, one call warm-started from each point's closest adversarial found so far,
+    projected into the new ball. A candidate counts only if the model misclassifies it and it lies
+    in the ball; each point keeps its closest one. The probes: the largest radius first (a success
+    there warm-starts every later probe), then bisection between the largest radius known unbroken
+    and the smallest broken one, then a walk down from the smallest broken radius while the attack
+    keeps succeeding (what a fixed-epsilon attack finds is not monotone in the radius, so a point it
+    breaks below a radius where it failed once is still found). Bisection is not guaranteed to find
+    all that one run per radius (:func:`fixed_radius_outcome`) finds. Returns each point's closest
+    adversarial as ``adversarials`` (NaN where none), so every claim is verified on the model. The
+    caller seeds the RNG.
+    """
+    r = torch.tensor([float(v) for v in radii], dtype=torch.float64)
+    n, n_r, dev = len(x), len(r), x.device
+    dist = torch.full((n,), float("inf"))  # bookkeeping on the CPU, examples on x's device
+    clean_wrong = is_adversarial(model, x, y).cpu()
+    dist[clean_wrong] = 0.0
+    best = torch.full_like(x, float("nan"))  # each point's closest adversarial found
+    best[clean_wrong.to(dev)] = x[clean_wrong.to(dev)]
+    lo = torch.full((n,), int((r <= 0).sum()) - 1)  # largest radius index known unbroken
+
+    def first_broken() -> torch.Tensor:  # index of the smallest radius >= each distance
+        within = dist.double()[None, :] <= r[:, None] * (1 + RADIUS_RTOL) + 1e-12
+        return (~within).sum(dim=0)
+
+    def probe(idx: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Attack points ``idx`` at radii ``r[at]``; which of them were broken there."""
+        eps = r[at].float()
+        found = torch.zeros(len(idx), dtype=torch.bool)
+        for k in range(attempts + int(warm_start)):
+            todo = (~found).nonzero().squeeze(1)
+            warm = k == attempts
+            if warm:  # only points with an adversarial found before
+                todo = todo[torch.isfinite(dist[idx[todo]]) & (dist[idx[todo]] > 0)]
+            if len(todo) == 0:
+                continue
+            i, e = idx[todo], eps[todo]
+            start = into_ball(best[i.to(dev)] - x[i.to(dev)], e.to(dev)) if warm else None
+            adv = attempt(i, e, start).detach()
+            di = i.to(dev)
+            norms = perturbation_norms(adv, x[di]).cpu()
+            ok = is_adversarial(model, adv, y[di]).cpu() & (norms <= e * (1 + RADIUS_RTOL) + 1e-6)
+            closer = ok & (norms < dist[i])
+            best[di[closer.to(dev)]] = adv[closer.to(dev)]
+            dist[i[closer]] = norms[closer]
+            found[todo[ok]] = True
+        return found
+
+    hi = first_broken()
+    idx = (hi - lo > 1).nonzero().squeeze(1)
+    if len(idx):  # the largest radius first
+        top = torch.full((len(idx),), n_r - 1)
+        lo[idx[~probe(idx, top)]] = n_r - 1
+        hi = first_broken()
+        lo = torch.minimum(lo, hi - 1)
+    while True:  # bisection: one batched probe per round, each point at its own radius
+        idx = ((hi - lo) > 1).nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        mid = (lo[idx] + hi[idx]) // 2
+        found = probe(idx, mid)
+        lo[idx[~found]] = mid[~found]
+        hi = first_broken()
+        lo = torch.minimum(lo, hi - 1)
+    idx = ((hi < n_r) & (hi > 0) & (lo >= 0) & (r[lo.clamp_min(0)] > 0)).nonzero().squeeze(1)
+    while len(idx):  # walk down from the smallest broken radius while the attack keeps succeeding
+        below = (hi[idx] - 1).clamp_min(0)
+        found = probe(idx, below)
+        hi = first_broken()
+        idx = idx[found]
+        idx = idx[(hi[idx] > 0) & (r[(hi[idx] - 1).clamp_min(0)] > 0)]
+    out = outcome_from_distances(radii, dist)
+    return AttackOutcome(out.radii, out.broken, out.distances, adversarials=best)

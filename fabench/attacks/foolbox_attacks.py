@@ -8,19 +8,21 @@ hence a whole robustness curve; each adversarial it returns is checked by the mo
 foolbox's ``L2DeepFoolAttack(candidates=2, loss="logits")`` re-implemented in torch
 (:func:`l2_deepfool`): the same iterates, but points that are done leave the batch.
 
-PGD's ``search`` picks how the radii are visited:
+PGD's ``search`` picks how the radii are visited (both drivers live in :mod:`fabench.attacks.base`
+and are shared with APGD, :mod:`fabench.attacks.autoattack`):
 
 * ``"grid"``: foolbox's L2PGD once per radius, in increasing order, on the points not yet broken
-  (up to ``R`` runs; the exhaustive reference);
-* ``"bisect"`` (default): per point, a run at the largest radius, then bisection over the radius
-  grid (about ``1 + log2 R`` runs, each on the points whose fate is not yet decided, each point at
-  its own radius; a random start as foolbox, and where it fails a second run warm-started from the
-  closest adversarial found so far, projected into the new ball), then a walk down from the
-  smallest broken radius while it keeps succeeding, so a point PGD can break below a radius where
-  it failed once is still found. What PGD finds is not monotone in the radius; bisection is not
-  guaranteed to find all that the grid finds (it did on every fixed-seed case tested). It runs
-  the same L2 PGD as foolbox (random start in the ball, normalised-gradient steps of ``rel_stepsize * eps``,
-  projection, clipping; :func:`l2_pgd`) in plain torch, with one epsilon per point.
+  (up to ``R`` runs; the exhaustive reference; :func:`~fabench.attacks.base.fixed_radius_outcome`);
+* ``"bisect"`` (default): :func:`~fabench.attacks.base.bisect_outcome`: per point, a run at the
+  largest radius, then bisection over the radius grid (about ``1 + log2 R`` runs, each on the
+  points whose fate is not yet decided, each point at its own radius; a random start as foolbox,
+  and where it fails a second run warm-started from the closest adversarial found so far,
+  projected into the new ball), then a walk down from the smallest broken radius while it keeps
+  succeeding, so a point PGD can break below a radius where it failed once is still found. What
+  PGD finds is not monotone in the radius; bisection is not guaranteed to find all that the grid
+  finds (it did on every fixed-seed case tested). It runs the same L2 PGD as foolbox (random start
+  in the ball, normalised-gradient steps of ``rel_stepsize * eps``, projection, clipping;
+  :func:`l2_pgd`) in plain torch, with one epsilon per point.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 from fabench._lazy import lazy
 from fabench import registry
 
-from fabench.attacks.base import RADIUS_RTOL, is_adversarial, outcome_from_distances, perturbation_norms
+from fabench.attacks.base import (
+    bisect_outcome, fixed_radius_outcome, into_ball, is_adversarial, outcome_from_distances, per_point,
+    perturbation_norms,
+)
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -60,19 +65,9 @@ def _fmodel(model: "Classifier", data: TaskData) -> Any:
     return fb.PyTorchModel(model, bounds=data.bounds, device="cpu")
 
 
-def _per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
 def _clip(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
     lo, hi = bounds
     return x.clamp(lo, hi) if lo > float("-inf") or hi < float("inf") else x
-
-
-def _into_ball(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """``delta`` scaled down (never up) to L2 norm at most ``eps`` per point."""
-    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return delta * _per_point(torch.clamp(eps / norms, max=1.0), delta)
 
 
 def random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -92,7 +87,7 @@ def l2_pgd(
     ``steps`` ascents of the summed cross-entropy along its L2-normalised gradient with step
     ``rel_stepsize * eps``, each followed by projection onto the ball and clipping to ``bounds``.
     """
-    e = _per_point(eps, x0)
+    e = per_point(eps, x0)
     step = rel_stepsize * e
     x = _clip(x0 + start, bounds).detach()
     for _ in range(steps):
@@ -100,9 +95,9 @@ def l2_pgd(
         with torch.enable_grad():
             loss = F.cross_entropy(model(x), y, reduction="sum")
             (g,) = torch.autograd.grad(loss, x)
-        g = g / _per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+        g = g / per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
         x = x.detach() + step * g
-        x = _clip(x0 + _into_ball(x - x0, eps), bounds)
+        x = _clip(x0 + into_ball(x - x0, eps), bounds)
     return x.detach()
 
 
@@ -168,108 +163,30 @@ class PGDAttack:
         data: TaskData, params: Params, seed: int,
     ) -> AttackOutcome:
         if str(params.get("search", "grid")) == "bisect":
+            opts = dict(steps=int(params["steps"]), rel_stepsize=float(params["rel_stepsize"]), bounds=data.bounds)
+            rand = bool(params["random_start"])
+
+            def pgd(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+                if start is None:  # a fresh start, as foolbox
+                    start = random_in_ball(x[idx], eps) if rand else torch.zeros_like(x[idx])
+                return l2_pgd(model, x[idx], y[idx], eps, start, **opts)  # type: ignore[arg-type]
+
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
-                return self._bisect(model, x, y, radii, data=data, params=params)
+                return bisect_outcome(model, x, y, radii, attempt=pgd, attempts=1 + int(params["restarts"]),
+                                      warm_start=True)
         fb = import_foolbox()
         fmodel = _fmodel(model, data)
         attack = fb.attacks.L2PGD(
             rel_stepsize=float(params["rel_stepsize"]), steps=int(params["steps"]),
             random_start=bool(params["random_start"]),
         )
-        n = len(x)
-        distances = torch.full((n,), float("inf"))
-        broken = torch.zeros(len(radii), n, dtype=torch.bool)
-        clean_wrong = is_adversarial(model, x, y)
-        distances[clean_wrong] = 0.0
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            for i, eps in enumerate(radii):
-                todo = ~(broken[i - 1] if i else clean_wrong)
-                broken[i] = ~todo
-                if eps <= 0 or not todo.any():
-                    continue
-                idx = todo.nonzero().squeeze(1)
-                for _ in range(1 + int(params["restarts"])):
-                    _, adv, _ = attack(fmodel, x[idx], fb.criteria.Misclassification(y[idx]), epsilons=float(eps))
-                    ok = is_adversarial(model, adv, y[idx])
-                    norms = perturbation_norms(adv, x[idx])
-                    ok &= norms <= eps * (1 + RADIUS_RTOL) + 1e-6
-                    broken[i, idx[ok]] = True
-                    distances[idx[ok]] = torch.minimum(distances[idx[ok]], norms[ok])
-                    idx = idx[~ok]
-                    if len(idx) == 0:
-                        break
-        return AttackOutcome(tuple(float(r) for r in radii), broken, distances)
 
-    def _bisect(
-        self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
-        data: TaskData, params: Params,
-    ) -> AttackOutcome:
-        """Per-point bisection over the radius grid, then a walk down (see the module docstring)."""
-        r = torch.tensor([float(v) for v in radii], dtype=torch.float64)
-        n, n_r = len(x), len(r)
-        opts = dict(steps=int(params["steps"]), rel_stepsize=float(params["rel_stepsize"]), bounds=data.bounds)
-        tries = 1 + int(params["restarts"])
-        rand = bool(params["random_start"])
-        dist = torch.full((n,), float("inf"))
-        dist[is_adversarial(model, x, y)] = 0.0
-        best = torch.zeros_like(x)  # each point's closest adversarial found (as a perturbation)
-        lo = torch.full((n,), int((r <= 0).sum()) - 1)  # largest radius index known unbroken
+        def run_once(idx: torch.Tensor, eps: float, k: int) -> torch.Tensor:
+            _, adv, _ = attack(fmodel, x[idx], fb.criteria.Misclassification(y[idx]), epsilons=eps)
+            return adv
 
-        def first_broken() -> torch.Tensor:  # index of the smallest radius >= each distance
-            within = dist.double()[None, :] <= r[:, None] * (1 + RADIUS_RTOL) + 1e-12
-            return (~within).sum(dim=0)
-
-        def probe(idx: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-            """Attack points ``idx`` at radii ``r[at]``: random starts as foolbox (``1 + restarts``),
-            then, where they failed, one run warm-started from the closest adversarial found so far."""
-            eps = r[at].float()
-            found = torch.zeros(len(idx), dtype=torch.bool)
-            for attempt in range(tries + 1):
-                todo = (~found).nonzero().squeeze(1)
-                if attempt == tries:  # the warm start: only points with an adversarial found before
-                    todo = todo[torch.isfinite(dist[idx[todo]]) & (dist[idx[todo]] > 0)]
-                if len(todo) == 0:
-                    continue
-                i, e = idx[todo], eps[todo]
-                if attempt == tries:
-                    start = _into_ball(best[i], e)
-                else:
-                    start = random_in_ball(x[i], e) if rand else torch.zeros_like(x[i])
-                adv = l2_pgd(model, x[i], y[i], e, start, **opts)  # type: ignore[arg-type]
-                norms = perturbation_norms(adv, x[i])
-                ok = is_adversarial(model, adv, y[i]) & (norms <= e * (1 + RADIUS_RTOL) + 1e-6)
-                closer = ok & (norms < dist[i])
-                best[i[closer]] = (adv - x[i])[closer]
-                dist[i[closer]] = norms[closer]
-                found[todo[ok]] = True
-            return found
-
-        hi = first_broken()
-        idx = (hi - lo > 1).nonzero().squeeze(1)
-        if len(idx):  # the largest radius first: a success there warm-starts every later probe
-            top = torch.full((len(idx),), n_r - 1)
-            lo[idx[~probe(idx, top)]] = n_r - 1
-            hi = first_broken()
-            lo = torch.minimum(lo, hi - 1)
-        while True:  # bisection: one batched run per round, each point at its own radius
-            idx = ((hi - lo) > 1).nonzero().squeeze(1)
-            if len(idx) == 0:
-                break
-            mid = (lo[idx] + hi[idx]) // 2
-            found = probe(idx, mid)
-            lo[idx[~found]] = mid[~found]
-            hi = first_broken()
-            lo = torch.minimum(lo, hi - 1)
-        idx = ((hi < n_r) & (hi > 0) & (lo >= 0) & (r[lo.clamp_min(0)] > 0)).nonzero().squeeze(1)
-        while len(idx):  # walk down from the smallest broken radius while PGD keeps succeeding
-            below = (hi[idx] - 1).clamp_min(0)
-            found = probe(idx, below)
-            hi = first_broken()
-            idx = idx[found]
-            idx = idx[(hi[idx] > 0) & (r[(hi[idx] - 1).clamp_min(0)] > 0)]
-        return outcome_from_distances(radii, dist)
+        return fixed_radius_outcome(model, x, y, radii, attempt=run_once, attempts=1 + int(params["restarts"]), seed=seed)
 
 
 @registry.attacks.register
