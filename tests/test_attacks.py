@@ -231,3 +231,24 @@ def test_apgd_bisect_is_never_weaker_than_its_grid_and_every_claim_is_verified()
     hit = torch.isfinite(out.distances)
     assert bool((~model.correct(out.adversarials[hit], y[hit])).all())
     assert bool(((out.adversarials[hit] - x[hit]).flatten(1).norm(dim=1) <= out.distances[hit] * (1 + 1e-5)).all())
+
+
+def test_apgd_skip_solved_claims_nothing_only_where_exact_solves_the_model(clean_data) -> None:
+    """The default protocol's ``apgd.skip_solved``: silent on a two-layer head on the input (where
+    ``exact`` gives the ground truth), a real attack through a backbone."""
+    apgd = registry.attacks.get("apgd")
+    exact = registry.attacks.get("exact")
+    params = {**apgd.meta.params, "steps": 20, "restarts": 1, "search": "bisect", "skip_solved": True}
+    model = averaging_net(clean_data)
+    x, y = clean_data.x_test[:40], clean_data.y_test[:40]
+    d = math.sqrt(x.shape[1])
+    radii = [0.0, 0.5 * d, d, 2 * d]
+    skipped = apgd.run(model, x, y, radii, data=clean_data, seed=0, params=params)
+    ran = apgd.run(model, x, y, radii, data=clean_data, seed=0, params={**params, "skip_solved": False})
+    truth = exact.run(model, x, y, radii, data=clean_data, seed=0, params=dict(exact.meta.params))
+    assert not skipped.broken.any() and bool(torch.isinf(skipped.distances).all())
+    assert ran.broken[-1].float().mean() > 0.5  # the same attack, run, breaks points here...
+    assert torch.all(truth.broken >= ran.broken)  # ...and exact's ground truth every one of them
+    cnn, xc, yc, data = tiny_cnn()
+    through = apgd.run(cnn, xc, yc, [0.0, 1.0, 2.0], data=data, seed=0, params=params)
+    assert through.broken[-1].any()  # a backbone: exact does not solve it, apgd runs

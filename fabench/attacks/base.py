@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from fabench._lazy import lazy
@@ -17,6 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Relative slack when comparing a found distance with a radius (float32 round-off).
 RADIUS_RTOL = 1e-5
+
+
+def nothing_broken(x: torch.Tensor, radii: Sequence[float]) -> AttackOutcome:
+    """The outcome of an attack that claims nothing (it does not apply to the model): no point
+    broken at any radius, every distance infinite (reported as ``silent``, see :mod:`fabench.flags`)."""
+    n = len(x)
+    return AttackOutcome(tuple(float(r) for r in radii), torch.zeros(len(radii), n, dtype=torch.bool),
+                         torch.full((n,), math.inf), adversarials=torch.full_like(x, float("nan")))
 
 
 def outcome_from_distances(radii: Sequence[float], distances: torch.Tensor) -> AttackOutcome:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from fabench._lazy import lazy, lazy_attr
 from fabench import registry
-from fabench.attacks.base import outcome_from_distances
+from fabench.attacks.base import nothing_broken, outcome_from_distances
 from fabench.errors import ConfigError
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -591,9 +591,7 @@ class ExactAttack:
             try:
                 piecewise_head(model)
             except ConfigError:
-                n = len(x)
-                return AttackOutcome(tuple(float(r) for r in radii), torch.zeros(len(radii), n, dtype=torch.bool),
-                                     torch.full((n,), math.inf), adversarials=torch.full_like(x, float("nan")))
+                return nothing_broken(x, radii)
         res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
                               batch=int(params["batch"]), with_lower=False)
         upper, adv = res.upper.clone(), res.adversarials.clone()
