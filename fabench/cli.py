@@ -457,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of data, init and attacks (default 0)")
     ev.add_argument("--attacks",
                     help="comma-separated attack names (default: the default protocol, "
-                         "analytic,pairwise,pgd,deepfool,exact; exact claims nothing where it does not apply)")
+                         "analytic,pairwise,pgd,apgd,deepfool,exact; exact claims nothing where it does not "
+                         "apply, apgd nothing where exact solves the model)")
     ev.add_argument("--epsilons", help="radii: 0,10,20 or start:stop:step (default: the task's grid)")
     ev.add_argument("--n-eval", type=int, default=0, help="test points to attack (0 = all; else a seeded subset)")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -41,6 +41,8 @@ from typing import Any
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+from fabench.evaluation import DEFAULT_ATTACKS  # noqa: E402 (after the warning filter)
+
 OLD_DEFAULT = ("analytic", "pairwise", "pgd", "deepfool")  # the default protocol before `exact`
 
 
@@ -149,7 +151,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="synthetic")
     p.add_argument("--recipes", default="binary,fine,robust")
-    p.add_argument("--attacks", default="analytic,pairwise,pgd,deepfool,exact")
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="default: the default protocol")
     p.add_argument("--compare", default=",".join(OLD_DEFAULT),
                    help="a second attack list timed beside --attacks (default: the protocol before exact); '' for none")
     p.add_argument("--protocol", default="full", help="protocol modes to time: full, fast or full,fast")

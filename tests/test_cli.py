@@ -180,3 +180,11 @@ def test_list_kinds_are_the_registries() -> None:
     from fabench.cli import REGISTRY_KINDS
 
     assert tuple(registry.REGISTRIES) == REGISTRY_KINDS
+
+
+def test_evaluate_help_names_the_default_protocol(capsys) -> None:
+    from fabench.evaluation import DEFAULT_ATTACKS
+
+    assert main(["evaluate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert ",".join(DEFAULT_ATTACKS) in text.replace(", ", ",")
