@@ -16,11 +16,16 @@ Two modes (``run_protocol(..., mode=...)``, recorded in :attr:`ProtocolResult.mo
 * ``full`` (default): every attack runs on every point at every radius; each attack's curve is
   its own.
 * ``fast`` (worst case only): minimisation attacks run first (in the order given), then the
-  fixed-epsilon ones; each attack only works on what the earlier ones left: a point already broken
-  at radius ``r`` by an earlier attack is attacked only at the radii below ``r`` and at ``r`` (a
-  fixed-epsilon attack is called per group of points with the same remaining radii; a
-  minimisation attack gets every radius, its cost not depending on them), and a point broken at
-  every radius is skipped.
+  fixed-epsilon ones; each attack only works on what the earlier ones left. A minimisation attack
+  gets every point not yet broken at every radius, and every radius (its cost does not depend on
+  them). A fixed-epsilon attack gets a point no earlier attack broke at any radius on all its open
+  radii (its own search over them, e.g. PGD's bisection); a point first broken at radius ``r_i``
+  is given only ``r_{i-1}`` (the largest open ball, so the likeliest to break; whether it breaks
+  there is all that can still change the worst case) and ``r_i`` (what the attack finds there
+  warm-starts its search at ``r_{i-1}``), and, where it broke the point lower, the same again
+  below its new first broken radius (a walk down: about two attack runs per point where the
+  earlier attacks were right, instead of a search over the whole band). A fixed-epsilon attack is called per group of points with the same radii, and a
+  point broken at every radius is skipped.
   Before the first fixed-epsilon attack, points are also closed at the radii
   :func:`fabench.certify.certified_robust` proves them robust at (with a margin above the
   attacks' radius tolerance), where no attack can break them: on two-layer heads on the input
@@ -218,40 +223,59 @@ def _run_fast(
             timings["certify (closure)"] = time.perf_counter() - start
         start = time.perf_counter()
         left = n_r - worst.sum(dim=0)  # radii below the first one an earlier attack broke the point at
-        # (point indices, first radius, end radius) jobs: one per remaining-radii band (one for
-        # minimisation). A fixed-epsilon attack skips the radii the point is certified robust at,
-        # and also gets the first radius the point is already broken at: what it finds there often
-        # lies below it (and a search over radii starts from a known success).
+        # (point indices, first radius, end radius) jobs, run per batch of points.
         if minimization:
             given = (left > 0).nonzero().squeeze(1)
-            jobs = [(given, 0, n_r)]
-        else:
+            jobs, low = [(given, 0, n_r)], torch.zeros(n, dtype=torch.long)
+        else:  # skipping the radii each point is certified robust at (a prefix below its radius)
             assert closed is not None
-            low = torch.minimum(closed.sum(dim=0), left)  # certified radii: a prefix (below the radius)
-            bands = torch.stack([low, left], dim=1)[left > low]
-            jobs = [(((low == lo) & (left == c)).nonzero().squeeze(1), int(lo), min(int(c) + 1, n_r))
-                    for lo, c in bands.unique(dim=0).tolist()]
-        total, done = sum(len(p) for p, _, _ in jobs), 0
+            low = torch.minimum(closed.sum(dim=0), left)
+            fresh = (left == n_r) & (left > low)  # broken nowhere yet: the attack's own search
+            jobs = [((fresh & (low == lo)).nonzero().squeeze(1), int(lo), n_r) for lo in low[fresh].unique().tolist()]
+        # The walk down: a point first broken at r_i is given r_{i-1} and r_i only (a success at
+        # r_i, where an earlier attack succeeded, warm-starts the search at r_{i-1}), and the same
+        # again below wherever it broke the point lower.
+        walk = given[:0] if minimization else ((left < n_r) & (left > low)).nonzero().squeeze(1)
+        total, done = sum(len(p) for p, _, _ in jobs) + len(walk), 0
         progress(f"attack {spec.name}", 0, total)
-        for pts, n_0, n_c in jobs:
-            rad = radii[n_0:n_c]
-            for b0 in range(0, len(pts), batch_size):
-                sel = pts[b0 : b0 + batch_size]
-                out = spec.attack.run(model, x[sel], y[sel], rad, data=data, params=spec.params,
-                                      seed=attack_seed(seed, spec.name) + int(sel[0]))
-                ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], rad, data)
-                verified[spec.name] = ok and verified.get(spec.name, True)
-                worst[n_0:n_c, sel] |= out.broken.cpu()
-                min_d[sel] = torch.minimum(min_d[sel], torch.where(clean_correct[sel], out.distances.float().cpu(),
-                                                                     torch.zeros(len(sel))))
-                done += len(sel)
-                progress(f"attack {spec.name}", done, total)
+        while True:
+            first = n_r - worst[:, walk].sum(dim=0)
+            jobs += [(walk[first == c], int(c) - 1, int(c) + 1) for c in first.unique().tolist()]
+            for pts, n_0, n_c in jobs:
+                rad = radii[n_0:n_c]
+                for b0 in range(0, len(pts), batch_size):
+                    sel = pts[b0 : b0 + batch_size]
+                    out = spec.attack.run(model, x[sel], y[sel], rad, data=data, params=spec.params,
+                                          seed=attack_seed(seed, spec.name) + int(sel[0]))
+                    ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], rad, data)
+                    verified[spec.name] = ok and verified.get(spec.name, True)
+                    d = torch.where(clean_correct[sel], out.distances.float().cpu(), torch.zeros(len(sel)))
+                    worst[n_0:n_c, sel] |= out.broken.cpu()
+                    worst[:, sel] |= _within(radii, d)  # an adversarial found below the radii asked
+                    min_d[sel] = torch.minimum(min_d[sel], d)
+                    done += len(sel)
+                    progress(f"attack {spec.name}", done, total)
+            worst = torch.cummax(worst.int(), dim=0).values.bool()
+            now = n_r - worst[:, walk].sum(dim=0)
+            walk, jobs = walk[(now < first) & (now > low[walk])], []
+            if len(walk) == 0:
+                break
+            total += len(walk)
         worst = torch.cummax(worst.int(), dim=0).values.bool()
         outcomes[spec.name] = AttackOutcome(radii, worst.clone(), min_d.clone())
         verified.setdefault(spec.name, False)  # given no point: it verified nothing
         timings[f"attack {spec.name}"] = time.perf_counter() - start
     outcomes = {s.name: outcomes[s.name] for s in attacks}
     return ProtocolResult(radii, idx, clean_correct, outcomes, worst, min_d, timings, verified, mode="fast")
+
+
+def _within(radii: tuple[float, ...], distances: torch.Tensor) -> torch.Tensor:
+    """``R x N``: radius ``r`` is at least the point's distance (as
+    :func:`fabench.attacks.base.outcome_from_distances` judges it)."""
+    from fabench.attacks.base import RADIUS_RTOL
+
+    r = torch.tensor(radii, dtype=torch.float64)[:, None]
+    return distances.double()[None, :] <= r * (1 + RADIUS_RTOL) + 1e-12
 
 
 #: Margin of the fast mode's certificate closure: a point is closed at ``r`` only where it is

@@ -147,3 +147,37 @@ def _labels(data, x: torch.Tensor) -> torch.Tensor:
     """The labels of test points given by their rows."""
     match = (x[:, None, :] == data.x_test[None, :, :]).all(-1).float().argmax(1)
     return data.y_test[match]
+
+
+def test_fast_mode_walks_down_from_where_the_earlier_attacks_broke_a_point(data) -> None:
+    """A point the earlier attacks broke first at ``r_i`` is given ``(r_{i-1}, r_i)`` only (and the
+    next pair down only where that broke it lower): a few cells per point, not the whole band."""
+    from fabench.types import FitContext
+
+    rec = registry.recipes.get("binary")
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    radii = [float(r) for r in range(0, 21, 2)]
+    before = run_protocol(model, data, specs("analytic", "deepfool"), radii=radii, seed=0, batch_size=40, mode="fast")
+    first = len(radii) - before.worst_broken.sum(dim=0)  # per point: index of the first broken radius
+    spy = _Spy("pgd")
+    fast = run_protocol(model, data, specs("analytic", "deepfool") + [AttackSpec("pgd", spy, dict(spy.meta.params))],
+                        radii=radii, seed=0, batch_size=40, mode="fast")
+    walked, cells = 0, 0
+    for xb, rad in spy.calls:
+        rows = (xb[:, None, :] == data.x_test[None, :, :]).all(-1).float().argmax(1)
+        cells += len(xb) * len(rad)
+        if len(rad) == 2:  # a walk-down pair: consecutive radii, at or below the earlier first break
+            i = radii.index(rad[1])
+            assert radii[i - 1] == rad[0]
+            assert bool((i <= first[rows]).all()) and bool((first[rows] < len(radii)).all())
+            walked += len(xb)
+        else:  # a point no earlier attack broke anywhere: its open radii up to the top
+            assert rad[-1] == radii[-1] and bool((first[rows] == len(radii)).all())
+    # every point broken inside the grid with an open (not certified) radius below its break was asked
+    from fabench.protocol import _certified_cells
+
+    low = _certified_cells(model, data.x_test, data.y_test, tuple(radii), torch.arange(len(data.x_test)), 40).sum(0)
+    to_walk = int(((first < len(radii)) & (first > low) & before.clean_correct).sum())
+    assert walked >= to_walk > 10, (walked, to_walk)
+    assert cells <= 0.4 * len(radii) * len(data.x_test), cells
+    assert torch.all(fast.worst_broken >= before.worst_broken)

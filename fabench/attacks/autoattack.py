@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
 from fabench.attacks.base import RADIUS_RTOL, bisect_outcome, fixed_radius_outcome, is_adversarial, nothing_broken, outcome_from_distances, perturbation_norms
+from fabench.attacks.exact import solves as exact_solves
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -89,17 +90,6 @@ def unit_box(model: "Classifier", x: torch.Tensor, data: TaskData, max_radius: f
     return UnitBoxView(model, tuple(x.shape[1:]), lo, scale, view)
 
 
-def _exact_solves(model: "Classifier") -> bool:
-    from fabench.attacks.exact import piecewise_head
-    from fabench.errors import ConfigError
-
-    try:
-        piecewise_head(model)
-    except ConfigError:
-        return False
-    return True
-
-
 def _fixed_radius(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], box: UnitBoxView,
     make: Callable[[float], Any], seed: int,
@@ -141,7 +131,7 @@ class APGDAttack:
         without ``apgd`` (binary and robust 0, fine 0.001), and there it would cost 10x the rest."""
         from pyautoattack.autopgd_base import APGDAttack as Lib
 
-        if bool(params.get("skip_solved", False)) and _exact_solves(model):
+        if bool(params.get("skip_solved", False)) and exact_solves(model):
             return nothing_broken(x, radii)
         box = unit_box(model, x, data, max(radii))
 

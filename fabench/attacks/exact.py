@@ -120,6 +120,17 @@ def piecewise_head(model: "Classifier", *, max_units: int = MAX_UNITS) -> Piecew
     return hp
 
 
+def solves(model: "Classifier") -> bool:
+    """Whether ``exact`` solves ``model``: a two-layer head of at most :data:`MAX_UNITS` units on
+    the input (what :func:`piecewise_head` accepts). The one test behind ``exact.strict = False``
+    and ``apgd.skip_solved``."""
+    try:
+        piecewise_head(model)
+    except ConfigError:
+        return False
+    return True
+
+
 def margin_rows(
     hp: PiecewiseHead, sign: int, patterns: torch.Tensor, *, outer: bool,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -587,11 +598,8 @@ class ExactAttack:
     ) -> AttackOutcome:
         """``strict`` (default): a model exact cannot solve is a ConfigError; otherwise (the default
         protocol) such a model gets an outcome that claims nothing (no point broken)."""
-        if not bool(params["strict"]):
-            try:
-                piecewise_head(model)
-            except ConfigError:
-                return nothing_broken(x, radii)
+        if not bool(params["strict"]) and not solves(model):
+            return nothing_broken(x, radii)
         res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
                               batch=int(params["batch"]), with_lower=False)
         upper, adv = res.upper.clone(), res.adversarials.clone()
