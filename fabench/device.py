@@ -62,6 +62,41 @@ def set_threads(threads: int) -> int:
     return int(torch.get_num_threads())
 
 
+#: glibc ``mallopt`` settings of :func:`tune_allocator`: blocks up to 32 MiB (glibc's largest
+#: threshold) come from the heap, not a fresh ``mmap``, and up to 256 MiB of freed heap is kept.
+MMAP_THRESHOLD = 32 * 2**20
+TRIM_THRESHOLD = 256 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+_ALLOCATOR: str | None = None
+
+
+def tune_allocator() -> str:
+    """Let glibc's ``malloc`` reuse freed memory for the attacks' per-step tensors; returns what was set.
+
+    An attack step allocates a few tensors of the batch's size (500 points x 3072 floats = 6 MB
+    each) and frees them. Above glibc's default threshold (128 KiB, raised dynamically) each such
+    block is a fresh ``mmap`` whose pages fault in on first touch and are unmapped on free, so the
+    step pays the page faults again every time: measured here, foolbox-style L2 PGD on the synthetic
+    task runs 2-3x faster with the heap reused. Only where memory comes from changes, never a value
+    (results are bit-identical). A no-op (``"default"``) where the C library is not glibc; done once
+    per process, as :func:`set_threads`, whose process-wide effect it shares.
+    """
+    global _ALLOCATOR
+    if _ALLOCATOR is None:
+        _ALLOCATOR = "default"
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+            return _ALLOCATOR
+        if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+            _ALLOCATOR = f"glibc: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB"
+    return _ALLOCATOR
+
+
 def attack_batch_size(device: "torch.device", point_numel: int, *, requested: int = 0) -> int:
     """Points attacked together: ``requested`` if given, else :data:`CPU_BATCH` on the CPU and, on a
     GPU, what a quarter of its free memory holds at ~64 copies of a point (clipped to

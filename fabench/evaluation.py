@@ -272,10 +272,11 @@ def reusable_record(out_dir: Path, res: Resolved, *, seed: int) -> tuple[Record 
 
 def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:
     """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
-    from fabench.device import attack_batch_size, resolve_device, set_threads
+    from fabench.device import attack_batch_size, resolve_device, set_threads, tune_allocator
 
     device = resolve_device(cfg.device)
-    runtime: dict[str, Any] = {"device": str(device), "threads": set_threads(cfg.threads)}
+    runtime: dict[str, Any] = {"device": str(device), "threads": set_threads(cfg.threads),
+                               "allocator": tune_allocator()}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with guarded("task", res.task_name, res.task.meta.source, "load"):

@@ -200,6 +200,8 @@ def _run_fast(
     seed: int, batch_size: int, device: "torch.device | str | None", progress: ProgressFn,
 ) -> ProtocolResult:
     """The ``fast`` mode of :func:`run_protocol`: the worst case, each attack on what is left."""
+    from fabench.attacks.base import outcome_from_distances
+
     idx = select_points(len(data.x_test), n_eval, seed)
     dev = torch.device(device) if device is not None else model_device(model)
     x, y = data.x_test[idx].to(dev), data.y_test[idx].to(dev)
@@ -235,7 +237,8 @@ def _run_fast(
         # The walk down: a point first broken at r_i is given r_{i-1} and r_i only (a success at
         # r_i, where an earlier attack succeeded, warm-starts the search at r_{i-1}), and the same
         # again below wherever it broke the point lower.
-        walk = given[:0] if minimization else ((left < n_r) & (left > low)).nonzero().squeeze(1)
+        walk = (torch.zeros(0, dtype=torch.long) if minimization
+                else ((left < n_r) & (left > low)).nonzero().squeeze(1))
         total, done = sum(len(p) for p, _, _ in jobs) + len(walk), 0
         progress(f"attack {spec.name}", 0, total)
         while True:
@@ -251,7 +254,7 @@ def _run_fast(
                     verified[spec.name] = ok and verified.get(spec.name, True)
                     d = torch.where(clean_correct[sel], out.distances.float().cpu(), torch.zeros(len(sel)))
                     worst[n_0:n_c, sel] |= out.broken.cpu()
-                    worst[:, sel] |= _within(radii, d)  # an adversarial found below the radii asked
+                    worst[:, sel] |= outcome_from_distances(radii, d).broken  # found below the radii asked
                     min_d[sel] = torch.minimum(min_d[sel], d)
                     done += len(sel)
                     progress(f"attack {spec.name}", done, total)
@@ -267,15 +270,6 @@ def _run_fast(
         timings[f"attack {spec.name}"] = time.perf_counter() - start
     outcomes = {s.name: outcomes[s.name] for s in attacks}
     return ProtocolResult(radii, idx, clean_correct, outcomes, worst, min_d, timings, verified, mode="fast")
-
-
-def _within(radii: tuple[float, ...], distances: torch.Tensor) -> torch.Tensor:
-    """``R x N``: radius ``r`` is at least the point's distance (as
-    :func:`fabench.attacks.base.outcome_from_distances` judges it)."""
-    from fabench.attacks.base import RADIUS_RTOL
-
-    r = torch.tensor(radii, dtype=torch.float64)[:, None]
-    return distances.double()[None, :] <= r * (1 + RADIUS_RTOL) + 1e-12
 
 
 #: Margin of the fast mode's certificate closure: a point is closed at ``r`` only where it is

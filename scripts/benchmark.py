@@ -12,6 +12,7 @@ the median of ``--repeat`` runs (default 3).
     python scripts/benchmark.py --task mnist5v5 --n-eval 1000 --data-dir ../shared/data-copy
     python scripts/benchmark.py --task cifar5v5 --recipes fine,binary --data-dir ../shared/data-copy
     python scripts/benchmark.py --foolbox ''                      # no plain-foolbox side-by-side
+    python scripts/benchmark.py --foolbox-allocator default       # foolbox with glibc's default malloc
 
 On real-image tasks the first recipe's rows include the backbone's training (``train: backbone
 cnn (train)``) and feature extraction; later recipes load both from the cache (``(load)``,
@@ -20,8 +21,10 @@ cnn (train)``) and feature extraction; later recipes load both from the cache (`
 **Side by side with plain foolbox** (``--foolbox RECIPES``, default: every recipe): on the same
 model and the same attacked points, foolbox's ``L2PGD`` (same ``steps`` and ``rel_stepsize`` as
 fabench's ``pgd``, random start) run at every radius on every point, as a plain evaluation loop
-would. Reported: its time, the speed ratio against fabench's ``pgd`` and against fabench's whole
-protocol, and whether fabench's worst-case curve is equal or lower at every radius.
+would. Its process gets the same malloc tuning as ``evaluate`` (:func:`fabench.device.tune_allocator`)
+unless ``--foolbox-allocator default``. Reported: its time, the speed ratio against fabench's
+``pgd`` and against fabench's whole protocol, and whether fabench's worst-case curve is equal or
+lower at every radius.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def worker_foolbox(spec: dict[str, Any]) -> dict[str, Any]:
 
     from fabench import registry
     from fabench.attacks.foolbox_attacks import import_foolbox
-    from fabench.device import resolve_device
+    from fabench.device import resolve_device, tune_allocator
     from fabench.evaluation import resolve
     from fabench.protocol import select_points
     from fabench.types import FitContext
@@ -98,6 +101,7 @@ def worker_foolbox(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = _config(spec)
     res = resolve(cfg)
     device = resolve_device(cfg.device)
+    allocator = tune_allocator() if spec.get("allocator", "tuned") == "tuned" else "default"
     data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir)
     model = res.recipe.fit(data, res.recipe_params, context=FitContext(
         seed=cfg.seed, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir, device=str(device)))
@@ -122,7 +126,7 @@ def worker_foolbox(spec: dict[str, Any]) -> dict[str, Any]:
             robust &= ~(fooled & ((adv - x).flatten(1).norm(dim=1) <= float(r) * (1 + 1e-5)))
         curve[str(float(r))] = float(robust.float().mean())
     return {"seconds": time.perf_counter() - start, "curve": curve, "n": len(idx),
-            "steps": int(pgd["steps"]), "rel_stepsize": float(pgd["rel_stepsize"])}
+            "steps": int(pgd["steps"]), "rel_stepsize": float(pgd["rel_stepsize"]), "allocator": allocator}
 
 
 def run_worker(kind: str, spec: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -157,6 +161,9 @@ def main() -> int:
     p.add_argument("--protocol", default="full", help="protocol modes to time: full, fast or full,fast")
     p.add_argument("--foolbox", default=None,
                    help="recipes to compare with a plain foolbox L2PGD loop (default: all of --recipes; '' for none)")
+    p.add_argument("--foolbox-allocator", default="tuned", choices=("tuned", "default"),
+                   help="the plain foolbox loop's malloc: fabench's (tuned, as evaluate sets it: the ratio then "
+                        "credits the algorithm only) or glibc's default (a plain script's)")
     p.add_argument("--repeat", type=int, default=3, help="runs per configuration; stages report the median")
     p.add_argument("--device", default="cpu", help="as evaluate's --device (auto, cpu, cuda[:N], mps)")
     p.add_argument("--n-eval", type=int, default=0)
@@ -217,7 +224,7 @@ def main() -> int:
             spec = {"task": args.task, "recipe": recipe, "seed": args.seed, "n_eval": args.n_eval,
                     "attacks": [a for a in args.attacks.split(",") if a], "set": args.set,
                     "data_dir": args.data_dir, "cache_dir": cache, "protocol": modes[0], "device": args.device,
-                    "quiet": not args.verbose}
+                    "quiet": not args.verbose, "allocator": args.foolbox_allocator}
             runs = [run_worker("foolbox", spec) for _ in range(args.repeat)]
             plain[recipe] = (runs[-1][0], median([a["seconds"] for a, _ in runs]), max(m for _, m in runs))
 
@@ -241,7 +248,7 @@ def main() -> int:
     if plain:
         print()
         print(f"plain foolbox: L2PGD at every radius on every point (random start), same model and points, "
-              f"mode {modes[0]} for fabench")
+              f"mode {modes[0]} for fabench; foolbox's allocator: {next(iter(plain.values()))[0]['allocator']}")
         vs = []
         for recipe, (ans, seconds, peak) in plain.items():
             fab = fabench_times.get((modes[0], recipe), {})

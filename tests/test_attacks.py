@@ -180,6 +180,37 @@ def test_deepfool_matches_foolbox_point_by_point(recipe: str) -> None:
     assert torch.allclose(got[fin], ref[fin], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("net", ["binary", "fine", "tiny_cnn"])
+def test_l2_pgd_takes_foolboxs_l2pgd_steps(net: str) -> None:
+    """fabench's L2 PGD (per-point radii, updated in place) iterates foolbox's ``L2PGD`` from the
+    same start: unbounded synthetic heads (trained) and a bounded CNN, where clipping binds."""
+    import foolbox
+
+    from fabench.attacks.foolbox_attacks import _fmodel, l2_pgd
+    from fabench.types import FitContext
+
+    if net == "tiny_cnn":
+        model, x, y, data = tiny_cnn()
+        eps = 1.0
+    else:
+        task = registry.tasks.get("synthetic")
+        data = task.load({**task.meta.params, "d": 300, "n_train": 300, "n_test": 120}, seed=0)
+        rec = registry.recipes.get(net)
+        model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+        x, y, eps = data.x_test, data.y_test, 4.0
+    attack = foolbox.attacks.L2PGD(steps=30, rel_stepsize=0.05, random_start=False)
+    ref, _, _ = attack(_fmodel(model, data), x, foolbox.criteria.Misclassification(y), epsilons=eps)
+    got = l2_pgd(model, x, y, torch.full((len(x),), eps), torch.zeros_like(x), steps=30, rel_stepsize=0.05,
+                 bounds=data.bounds)
+    moved = (ref - x).flatten(1).norm(dim=1)
+    assert float(moved.min()) > 0.5 * eps  # every point took real steps
+    assert float((got - x).flatten(1).norm(dim=1).max()) <= eps * (1 + 1e-5)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-5), (got - ref).abs().max()
+    if net == "tiny_cnn":
+        assert bool(((got == 0) | (got == 1)).any())  # the bounds were hit, and respected
+        assert float(got.min()) >= 0 and float(got.max()) <= 1
+
+
 def tiny_cnn(n: int = 40):
     """A seeded random conv net on 1 x 12 x 12 images in [0, 1] (labels: its own predictions, so
     every point starts correct) and a data stand-in with the image bounds."""

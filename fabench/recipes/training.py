@@ -43,8 +43,9 @@ def descend(
     if lr <= 0 or steps < 0 or batch_size < 0:
         raise ConfigError(f"need lr > 0, steps >= 0, batch_size >= 0 (got {lr}, {steps}, {batch_size})")
     trainable = [p for p in parameters if p.requires_grad]
+    opt: _GD | torch.optim.Optimizer
     if optimizer == "gd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(trainable, lr=lr)
+        opt = _GD(trainable, lr=lr)
     elif optimizer == "adam":
         opt = torch.optim.Adam(trainable, lr=lr)
     else:
@@ -73,6 +74,25 @@ def descend(
             progress(stage, steps, steps)
             break
     return history
+
+
+class _GD:
+    """Plain gradient descent, ``p <- p - lr * grad``: the arithmetic of ``torch.optim.SGD`` without
+    momentum or weight decay (``p.add_(grad, alpha=-lr)``), without its import (``torch.optim``
+    pulls in ``torch._dynamo``, about 1.7 s here, for a two-line update)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], *, lr: float) -> None:
+        self.params, self.lr = params, lr
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @no_grad
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-self.lr)
 
 
 def standardizer(z: torch.Tensor, *, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
