@@ -103,7 +103,7 @@ def test_gd_takes_torch_sgds_steps_bit_for_bit() -> None:
         hist = descend(list(heads[0].parameters()), loss_of(heads[0]), len(z), lr=0.05, steps=40,
                        batch_size=batch, seed=3)
         opt = torch.optim.SGD(list(heads[1].parameters()), lr=0.05)
-        gen, order, pos, ref = torch.Generator().manual_seed(3), None, 0, []
+        gen, pos, ref = torch.Generator().manual_seed(3), 0, []
         order = torch.randperm(len(z), generator=gen)
         for _ in range(40):
             if batch == 0:
