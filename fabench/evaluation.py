@@ -273,6 +273,7 @@ def reusable_record(out_dir: Path, res: Resolved, *, seed: int) -> tuple[Record 
 def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:
     """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
     from fabench.device import attack_batch_size, resolve_device, set_threads, tune_allocator
+    from fabench.models.classifier import cpu_twin
 
     device = resolve_device(cfg.device)
     runtime: dict[str, Any] = {"device": str(device), "threads": set_threads(cfg.threads),
@@ -307,15 +308,20 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
                           batch_size=runtime["batch_size"], device=device, mode=cfg.protocol, progress=progress)
     timings.update(result.timings)
-    model.cpu()  # the head alone (feature space, certificate) is cheap: on the CPU, like the data
     feature_space: dict[str, Any] = {}
-    if not model.identity_backbone:  # the head alone, where the theory applies
+    if not model.identity_backbone:  # the head alone, where the theory applies (on the same device)
         t0 = time.perf_counter()
         feature_space = feature_space_protocol(model, data, res.attacks, n_eval=cfg.n_eval, seed=cfg.seed,
-                                               mode=cfg.protocol, progress=progress)
+                                               mode=cfg.protocol, progress=progress, device=device,
+                                               batch_size=runtime["batch_size"])
         timings["feature space"] = time.perf_counter() - t0
+    # The certificate (float64, the head alone) is cheap: on the CPU, like the data, on the CPU twin
+    # the exact attack used and on its batches, so the exact attack's work is reused (exact.py memo).
+    twin = cpu_twin(model)
+    model.cpu()
     t0 = time.perf_counter()
-    certified, flags = bracket(model, data, result, names=[s.name for s in res.attacks])
+    certified, flags = bracket(twin, data, result, names=[s.name for s in res.attacks],
+                               batch_size=runtime["batch_size"])
     timings["certify"] = time.perf_counter() - t0
     own, other = report.own_other(data.positive_mask)
     names = [s.name for s in res.attacks]
@@ -364,10 +370,12 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     return record
 
 
-def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The certified curve (:mod:`fabench.certify`) and the sanity flags (:mod:`fabench.flags`)."""
+def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str], batch_size: int = 500,
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The certified curve (:mod:`fabench.certify`, ``batch_size`` points at a time) and the sanity
+    flags (:mod:`fabench.flags`)."""
     x, y = data.x_test[result.indices], data.y_test[result.indices]
-    cert = certify(model, x, y, max_radius=2 * max(max(result.radii), 1e-6))
+    cert = certify(model, x, y, max_radius=2 * max(max(result.radii), 1e-6), batch_size=batch_size)
     certified: dict[str, Any] = {}
     acc: dict[float, float] | None = None
     if cert is not None:
@@ -390,9 +398,11 @@ FEATURE_SPACE_HEADLINE = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 def feature_space_protocol(
     model: Classifier, data: TaskData, attacks: Sequence[AttackSpec], *, n_eval: int, seed: int,
-    mode: str = "full", progress: ProgressFn = no_progress,
+    mode: str = "full", progress: ProgressFn = no_progress, device: "torch.device | str | None" = None,
+    batch_size: int = 500,
 ) -> dict[str, Any]:
-    """The protocol on the head alone, in its input space (the backbone's features).
+    """The protocol on the head alone, in its input space (the backbone's features), on ``device``
+    (default: where the model is), ``batch_size`` points at a time.
 
     The paper's analysis (Li, Pan, Lyu, Li, ICLR 2025) is about the two-layer head on its inputs:
     there, with the features ``mu_j`` the class means of the head's training inputs, the analytic
@@ -419,7 +429,8 @@ def feature_space_protocol(
     def tagged(stage: str, done: int, total: int) -> None:
         progress(f"feature space: {stage}", done, total)
 
-    result = run_protocol(head_only, fdata, attacks, radii=radii, n_eval=0, seed=seed, mode=mode, progress=tagged)
+    result = run_protocol(head_only, fdata, attacks, radii=radii, n_eval=0, seed=seed, mode=mode, progress=tagged,
+                          device=device, batch_size=batch_size)
     names = [s.name for s in attacks]
     return {
         "clean_accuracy": result.clean_accuracy,

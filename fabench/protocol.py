@@ -24,8 +24,9 @@ Two modes (``run_protocol(..., mode=...)``, recorded in :attr:`ProtocolResult.mo
   there is all that can still change the worst case) and ``r_i`` (what the attack finds there
   warm-starts its search at ``r_{i-1}``), and, where it broke the point lower, the same again
   below its new first broken radius (a walk down: about two attack runs per point where the
-  earlier attacks were right, instead of a search over the whole band). A fixed-epsilon attack is called per group of points with the same radii, and a
-  point broken at every radius is skipped.
+  earlier attacks were right, instead of a search over the whole band). A fixed-epsilon attack
+  is called per group of points with the same radii, and a point broken at every radius is
+  skipped.
   Before the first fixed-epsilon attack, points are also closed at the radii
   :func:`fabench.certify.certified_robust` proves them robust at (with a margin above the
   attacks' radius tolerance), where no attack can break them: on two-layer heads on the input
@@ -286,13 +287,10 @@ def _certified_cells(model: Classifier, x: torch.Tensor, y: torch.Tensor, radii:
         return out  # with a backbone the certificate holds in feature space only: nothing to close
     from fabench.certify import certified_robust
 
-    cert_model = model
-    if x.device.type != "cpu":  # the certificate runs on the CPU (a copy of the model: small heads)
-        import copy
+    from fabench.models.classifier import cpu_twin
 
-        cert_model = copy.deepcopy(model).cpu()
-    try:
-        out[:, given] = certified_robust(cert_model, x[given].cpu(), y[given].cpu(), radii, rtol=CERTIFIED_RTOL,
+    try:  # on the CPU, as the exact attack (a copy of the model there: small heads; the same twin)
+        out[:, given] = certified_robust(cpu_twin(model), x[given].cpu(), y[given].cpu(), radii, rtol=CERTIFIED_RTOL,
                                          batch_size=batch_size)
     except ConfigError:  # a head the certificate does not cover (e.g. a fine head with |J+| != |J-|)
         pass

@@ -201,20 +201,20 @@ def validate_outcome(
     claimed = correct & torch.isfinite(d)
     if claimed.any():
         idx = claimed.nonzero().squeeze(1)
-        a = adv.detach().to(x.dtype)[idx]
+        a = adv.detach().to(x)[idx]  # on the points' device, whichever the attack returned
         if not torch.isfinite(a.flatten(1)).all():
             raise fail("an adversarial example of a point with a finite distance is not finite")
         lo, hi = bounds
         if (a < lo - 1e-6).any() or (a > hi + 1e-6).any():
             raise fail(f"an adversarial example leaves the input bounds [{lo}, {hi}]")
-        norms = (a - x[idx]).flatten(1).norm(dim=1).double()
+        norms = (a - x[idx]).flatten(1).norm(dim=1).double().cpu()
         far = norms > d[idx] * (1 + RADIUS_RTOL) + RADIUS_ATOL
         if far.any():
             j = int(idx[far.nonzero()[0, 0]])
             raise fail(f"the adversarial example of point {j} is at distance {float(norms[far][0]):g}, "
                        f"not the claimed {float(d[j]):g}")
         with torch.no_grad():
-            still = model.correct(a, y[idx].to(a.device) if y.device != a.device else y[idx]).cpu()
+            still = model.correct(a, y[idx]).cpu()
         if still.any():
             j = int(idx[still.nonzero()[0, 0]])
             raise fail(f"the adversarial example claimed for point {j} is classified correctly by the model")

@@ -87,11 +87,12 @@ def line_search(
                         t_max=t_max, scan_points=scan_points, bisect_steps=bisect_steps, budget=budget)
             for c in range(0, n, chunk)
         ])
-    everyone = torch.arange(n)
-    lo = torch.zeros(n)
-    hi = torch.full((n,), float("inf"))
-    hi[~model.correct(_along(x, directions, torch.zeros(n), bounds), y)] = 0.0
-    ts = torch.linspace(0, t_max, scan_points + 1)[1:]
+    dev = x.device  # the search runs where the points are
+    everyone = torch.arange(n, device=dev)
+    lo = torch.zeros(n, device=dev)
+    hi = torch.full((n,), float("inf"), device=dev)
+    hi[~model.correct(_along(x, directions, torch.zeros(n, device=dev), bounds), y)] = 0.0
+    ts = torch.linspace(0, t_max, scan_points + 1, device=dev)[1:]
     s0 = 0
     while s0 < len(ts):
         todo = everyone[torch.isinf(hi)]  # only points not yet flipped are evaluated
@@ -105,7 +106,7 @@ def line_search(
         hit = todo[any_flip]
         pos = first[any_flip] + s0  # index into ts of the first flip
         hi[hit] = ts[pos]
-        lo[hit] = torch.where(pos > 0, ts[(pos - 1).clamp_min(0)], torch.zeros(()))
+        lo[hit] = torch.where(pos > 0, ts[(pos - 1).clamp_min(0)], torch.zeros((), device=dev))
         lo[todo[~any_flip]] = tb[-1]
         s0 += len(tb)
     hit = everyone[torch.isfinite(hi) & (hi > 0)]
@@ -118,7 +119,7 @@ def line_search(
             lh = torch.where(b, lh, mid)
         hi[hit] = hh
     ok = everyone[torch.isfinite(hi)]
-    dist = torch.full((n,), float("inf"))
+    dist = torch.full((n,), float("inf"), device=dev)
     dist[ok] = (_along(x[ok], directions[ok], hi[ok], bounds) - x[ok]).flatten(1).norm(dim=1)
     return dist
 
@@ -169,7 +170,7 @@ class PairwiseFeatureAttack:
         # The cluster of each point is not an input of the protocol; take the nearest feature
         # of the point's own binary class (its true cluster for well-separated data).
         mu = data.features.flatten(1).to(x)
-        pos = data.positive_mask
+        pos = data.positive_mask.to(x.device)
         flat = x.flatten(1)
         d2 = torch.cdist(flat, mu)
         own_class = pos[None, :] == y.bool()[:, None]
@@ -183,5 +184,5 @@ class PairwiseFeatureAttack:
             bounds=data.bounds, t_max=_t_max(params, radii),
             scan_points=int(params["scan_points"]), bisect_steps=int(params["bisect_steps"]),
         )
-        best = torch.full((len(x),), float("inf")).scatter_reduce(0, pt, dist, reduce="amin")
+        best = torch.full((len(x),), float("inf"), device=x.device).scatter_reduce(0, pt, dist, reduce="amin")
         return outcome_from_distances(radii, best)

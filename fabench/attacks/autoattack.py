@@ -56,7 +56,7 @@ class UnitBoxView(TorchModule):  # a torch.nn.Module (made on first use: see fab
         u = ((x - self.lo) / self.scale).flatten(1)
         if self.view is not None:
             pad = int(math.prod(self.view)) - self.numel
-            u = torch.cat([u, torch.zeros(len(u), pad, dtype=u.dtype)], dim=1).reshape((-1,) + self.view)
+            u = torch.cat([u, u.new_zeros(len(u), pad)], dim=1).reshape((-1,) + self.view)
         return u
 
     def from_unit(self, u: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ def unit_box(model: "Classifier", x: torch.Tensor, data: TaskData, max_radius: f
              image: bool = False) -> UnitBoxView:
     lo_b, hi_b = data.bounds
     if math.isfinite(lo_b) and math.isfinite(hi_b):
-        lo, scale = torch.tensor(lo_b, dtype=x.dtype), float(hi_b - lo_b)
+        lo, scale = torch.tensor(lo_b, dtype=x.dtype, device=x.device), float(hi_b - lo_b)
     else:  # a box holding every point's ball of the largest radius
         margin = 2 * max_radius + 1.0
         lo = (x.min() - margin).detach().clone()
@@ -211,7 +211,8 @@ class FABAttack:
             torch.manual_seed(seed)
             adv = box.from_unit(lib.perturb(box.to_unit(x), y).detach())
         ok = is_adversarial(model, adv, y)
-        distances = torch.where(ok, perturbation_norms(adv, x), torch.tensor(float("inf")))
+        norms = perturbation_norms(adv, x)
+        distances = torch.where(ok.to(norms.device), norms, torch.full_like(norms, float("inf")))
         adversarials = torch.where(ok.reshape((-1,) + (1,) * (x.dim() - 1)), adv, torch.full_like(adv, float("nan")))
         out = outcome_from_distances(radii, distances)
         return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)

@@ -29,7 +29,10 @@ def nothing_broken(x: torch.Tensor, radii: Sequence[float]) -> AttackOutcome:
 
 
 def outcome_from_distances(radii: Sequence[float], distances: torch.Tensor) -> AttackOutcome:
-    """For minimisation attacks: point ``n`` is broken at radius ``r`` iff ``distances[n] <= r``."""
+    """For minimisation attacks: point ``n`` is broken at radius ``r`` iff ``distances[n] <= r``.
+
+    The outcome lives on the CPU, wherever ``distances`` were computed."""
+    distances = distances.detach().cpu()
     r = torch.tensor([float(v) for v in radii], dtype=torch.float64)[:, None]
     d = distances.double()[None, :]
     broken = d <= r * (1 + RADIUS_RTOL) + 1e-12
@@ -43,6 +46,15 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``v`` (one value per point) shaped to broadcast against ``like``'s points."""
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Uniform perturbations in the L2 balls of radii ``eps`` (foolbox's ``uniform_l2_n_balls``)."""
+    b, n = x.flatten(1).shape
+    z = torch.randn(b, n + 2)
+    z = z / z.norm(dim=1, keepdim=True)
+    # drawn on the CPU (its generator): the same starts on every device
+    return (z[:, :n] * eps.cpu()[:, None]).reshape(x.shape).to(x)
 
 
 def into_ball(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

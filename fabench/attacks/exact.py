@@ -513,7 +513,7 @@ def _memo_key(model: "Classifier", x: torch.Tensor, y: torch.Tensor, *rest: Any)
         w += [float(b.double().sum()) for b in model.head.buffers()]
         fx = x.double().flatten(1)
         return (id(model), tuple(w), tuple(x.shape), float(fx.sum()), float((fx * fx).sum()),
-                float((fx * torch.arange(1, fx.shape[1] + 1)).sum()), tuple(y.tolist()), *rest)
+                float((fx * torch.arange(1, fx.shape[1] + 1, device=fx.device)).sum()), tuple(y.tolist()), *rest)
 
 
 def exact_distances(
@@ -598,13 +598,17 @@ class ExactAttack:
     ) -> AttackOutcome:
         """``strict`` (default): a model exact cannot solve is a ConfigError; otherwise (the default
         protocol) such a model gets an outcome that claims nothing (no point broken)."""
+        from fabench.models.classifier import cpu_twin
+
         if not bool(params["strict"]) and not solves(model):
             return nothing_broken(x, radii)
-        res = exact_distances(model, x, y, bounds=data.bounds, sweeps=int(params["sweeps"]),
+        # The float64 region analysis runs on the CPU (small, sequential, the same numbers on every
+        # device); the APGD polish runs where the points are.
+        res = exact_distances(cpu_twin(model), x.cpu(), y.cpu(), bounds=data.bounds, sweeps=int(params["sweeps"]),
                               batch=int(params["batch"]), with_lower=False)
-        upper, adv = res.upper.clone(), res.adversarials.clone()
+        upper, adv = res.upper.to(x.device, copy=True), res.adversarials.to(x.device, copy=True)
         if int(params["polish_steps"]) > 0 and not bool(res.exact.all()):
-            upper, adv = polish(model, x, y, radii, upper, adv, res.exact, data=data, seed=seed,
+            upper, adv = polish(model, x, y, radii, upper, adv, res.exact.to(x.device), data=data, seed=seed,
                                 steps=int(params["polish_steps"]), band=float(params["polish_band"]),
                                 restarts=int(params["polish_restarts"]))
         out = outcome_from_distances(radii, upper.float())

@@ -35,7 +35,7 @@ from fabench import registry
 
 from fabench.attacks.base import (
     bisect_outcome, fixed_radius_outcome, is_adversarial, outcome_from_distances, per_point,
-    perturbation_norms,
+    perturbation_norms, random_in_ball,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -62,20 +62,17 @@ def import_foolbox() -> Any:
 def _fmodel(model: "Classifier", data: TaskData) -> Any:
     fb = import_foolbox()
     model.eval()
-    return fb.PyTorchModel(model, bounds=data.bounds, device="cpu")
+    from fabench.models.backbones import module_device
+
+    return fb.PyTorchModel(model, bounds=data.bounds, device=module_device(model))
 
 
-def _clip(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+def _clip(x: torch.Tensor, bounds: tuple[float, float], *, inplace: bool = False) -> torch.Tensor:
+    """``x`` clipped to ``bounds`` (``x`` itself for an unbounded box; in place if ``inplace``)."""
     lo, hi = bounds
-    return x.clamp(lo, hi) if lo > float("-inf") or hi < float("inf") else x
-
-
-def random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Uniform perturbations in the L2 balls of radii ``eps`` (foolbox's ``uniform_l2_n_balls``)."""
-    b, n = x.flatten(1).shape
-    z = torch.randn(b, n + 2)
-    z = z / z.norm(dim=1, keepdim=True)
-    return (z[:, :n] * eps[:, None]).reshape(x.shape).to(x)
+    if lo == float("-inf") and hi == float("inf"):
+        return x
+    return x.clamp_(lo, hi) if inplace else x.clamp(lo, hi)
 
 
 def l2_pgd(
@@ -87,10 +84,9 @@ def l2_pgd(
     ``steps`` ascents of the summed cross-entropy along its L2-normalised gradient with step
     ``rel_stepsize * eps``, each followed by projection onto the ball and clipping to ``bounds``.
     """
+    eps = eps.to(x0)
     e = per_point(eps, x0)
     step = rel_stepsize * e
-    lo, hi = bounds
-    clip = lo > float("-inf") or hi < float("inf")
     x = _clip(x0 + start, bounds).detach()
     for _ in range(steps):
         x.requires_grad_(True)
@@ -104,7 +100,7 @@ def l2_pgd(
         g.mul_(step).add_(x.detach()).sub_(x0)  # the step, relative to x0
         norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)
         g.mul_(per_point(torch.clamp(eps / norms, max=1.0), g)).add_(x0)  # into the ball
-        x = g.clamp_(lo, hi) if clip else g
+        x = _clip(g, bounds, inplace=True)
     return x.detach()
 
 
@@ -215,5 +211,6 @@ class DeepFoolAttack:
         adv = l2_deepfool(model, x, y, steps=int(params["steps"]), overshoot=float(params["overshoot"]),
                           bounds=data.bounds)
         ok = is_adversarial(model, adv, y)
-        distances = torch.where(ok, perturbation_norms(adv, x), torch.tensor(float("inf")))
+        norms = perturbation_norms(adv, x)
+        distances = torch.where(ok.to(norms.device), norms, torch.full_like(norms, float("inf")))
         return outcome_from_distances(radii, distances)

@@ -51,13 +51,14 @@ class CarliniWagnerAttack:
         )
         # CW optimises in tanh space, which needs finite bounds: the unit-box view of autoattack.py.
         box = unit_box(model, x, data, 2 * max(max(radii), 1e-6))
-        fmodel = fb.PyTorchModel(box.eval(), bounds=(0.0, 1.0), device="cpu")
+        fmodel = fb.PyTorchModel(box.eval(), bounds=(0.0, 1.0), device=x.device)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             _, u_adv, _ = attack(fmodel, box.to_unit(x), fb.criteria.Misclassification(y), epsilons=None)
         adv = box.from_unit(u_adv.detach())
         ok = is_adversarial(model, adv, y)
-        distances = torch.where(ok, perturbation_norms(adv, x), torch.tensor(float("inf")))
+        norms = perturbation_norms(adv, x)
+        distances = torch.where(ok.to(norms.device), norms, torch.full_like(norms, float("inf")))
         adversarials = torch.where(ok.reshape((-1,) + (1,) * (x.dim() - 1)), adv, torch.full_like(adv, float("nan")))
         out = outcome_from_distances(radii, distances)
         return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial
+from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial, random_in_ball
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -98,8 +98,8 @@ def surrogate_pgd(
     step = rel_stepsize * e
     ratio = (beta_end / beta_start) ** (1.0 / max(steps - 1, 1))
     beta = [beta_start]
-    found = torch.zeros(len(x0), dtype=torch.bool)
-    best_norm = torch.full((len(x0),), float("inf"))
+    found = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+    best_norm = torch.full((len(x0),), float("inf"), device=x0.device)
     best = x0.clone()
     tol = eps * (1 + RADIUS_RTOL) + 1e-6
 
@@ -152,13 +152,6 @@ def _true_relus() -> tuple[Any, Any, Any, Any]:
     return torch.relu, F.relu, torch.Tensor.relu, torch.nn.ReLU.forward
 
 
-def _random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    b, n = x.flatten(1).shape
-    z = torch.randn(b, n + 2)
-    z = z / z.norm(dim=1, keepdim=True)
-    return (z[:, :n] * eps[:, None]).reshape(x.shape).to(x)
-
-
 @registry.attacks.register
 class SurrogateAttack:
     meta: ClassVar[Meta] = Meta(
@@ -189,7 +182,7 @@ class SurrogateAttack:
             i = idx.to(x.device)
             eps = torch.full((len(idx),), r, device=x.device)
             rand = k > 0 or bool(params["random_start"])
-            start = _random_in_ball(x[i], eps) if rand else torch.zeros_like(x[i])
+            start = random_in_ball(x[i], eps) if rand else torch.zeros_like(x[i])
             return surrogate_pgd(model, x[i], y[i], eps, start, **opts)[1]  # type: ignore[arg-type]
 
         return fixed_radius_outcome(model, x, y, radii, attempt=attempt, attempts=1 + int(params["restarts"]),

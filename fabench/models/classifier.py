@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import weakref
 from typing import Any
 
 import torch
@@ -75,6 +77,29 @@ class Classifier(nn.Module):
         return feature_means(self.backbone if not self.identity_backbone else None, data)
 
 
+_CPU_TWINS: "weakref.WeakKeyDictionary[Classifier, tuple[tuple[tuple[int, int], ...], Classifier]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def cpu_twin(model: Classifier) -> Classifier:
+    """``model`` on the CPU: the model itself where it is there, else a copy, made once per model
+    and state (the storage and version of every parameter and buffer tell a moved or changed one).
+
+    For the float64 analyses of a head (:mod:`fabench.attacks.exact`, :mod:`fabench.certify`):
+    small, sequential, and the same numbers on every device, where the attacks run on the points'
+    device. Calls with the same twin share :func:`~fabench.attacks.exact.exact_distances`' memo.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+    held = _CPU_TWINS.get(model)
+    if held is None or held[0] != stamp:
+        twin = copy.deepcopy(model).cpu().eval()
+        _CPU_TWINS[model] = held = (stamp, twin)
+    return held[1]
+
+
 @torch.no_grad()
 def feature_means(backbone: nn.Module | None, data: TaskData, *, batch_size: int = 512) -> torch.Tensor:
     """The features ``mu_j`` as the head sees them (``k x D``).
@@ -85,7 +110,9 @@ def feature_means(backbone: nn.Module | None, data: TaskData, *, batch_size: int
     """
     if backbone is None:
         return data.features.flatten(1).float()
-    feats = torch.cat(
-        [backbone(data.x_train[i : i + batch_size]).flatten(1) for i in range(0, len(data.x_train), batch_size)]
+    dev = next((t.device for t in (*backbone.parameters(), *backbone.buffers())), torch.device("cpu"))
+    feats = torch.cat(  # batches to the backbone's device, features back to the CPU
+        [backbone(data.x_train[i : i + batch_size].to(dev)).flatten(1).cpu()
+         for i in range(0, len(data.x_train), batch_size)]
     )
     return class_means(feats, data.fine_train, data.num_classes)

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The GPU checks of fabench, in one command, on a machine with CUDA and no network.
+#
+#   bash scripts/gpu_checks.sh STAGE...      (stages in order; logs and records packed into $OUT)
+#
+# Stages:
+#   setup      install fabench (editable, no deps) into the running python; print the machine
+#   tests      the CUDA tests (tests/test_device.py; they skip on a machine without CUDA)
+#   synthetic  the paper's synthetic setting, all three recipes, seed 0, every test point,
+#              --device cuda, timed; then the same configurations compared with the published
+#              CPU records (scripts/compare_records.py)
+#   agree      mnist5v5 and cifar5v5 at the published configurations (seed 0), on the GPU, compared
+#              with the published CPU records
+#   mnist      mnist5v5 binary and fine on all 10000 test points (the backbone cached by the
+#              first; each timed again once cached)
+#   cifar      cifar5v5 binary on all 1017 test points of the subset, timed (backbone cached)
+#   resnet18   cifar5v5-resnet18 fine on all test points: the ResNet-18 trained on the GPU, timed
+#   suite      the whole test suite with FABENCH_DEVICE=cuda (Ray tests deselected)
+#
+# Environment: FABENCH_DATA (the real datasets), OUT (where logs.tgz, results.tgz and summary.txt
+# go; default a temp dir), PYTHON (default python3), PYTHONPATH for packages the machine lacks
+# (foolbox, pyautoattack).
+set -u
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+RES=${FABENCH_GPU_RESULTS:-/tmp/fabench-gpu/results}  # records: packed into $OUT/results.tgz
+LOGS=${FABENCH_GPU_LOGS:-/tmp/fabench-gpu/logs}         # one log per step: packed into $OUT/logs.tgz
+CACHE=${FABENCH_CACHE_DIR:-/tmp/fabench-cache}
+export PYTHONUNBUFFERED=1 FABENCH_DEBUG=1
+mkdir -p "$RES" "$LOGS" "$OUT"
+
+report() {  # the stage timings of every record so far (they also reach the reply if $OUT does not)
+  $PY - "$RES" <<'PYEOF'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).rglob("*.json")):
+    r = json.loads(f.read_text())
+    t = sorted(r["timings"].items(), key=lambda kv: -kv[1])[:7]
+    print(f"{r['task']}/{r['recipe']} n={r['n_eval']} {r['runtime'].get('device')} batch={r['runtime'].get('batch_size')}:",
+          ", ".join(f"{k} {v:.1f}" for k, v in t))
+PYEOF
+}
+
+pack() {  # after every stage, so a command stopped at its limit still returns what it did (no tar
+  # on the lent machines: Python's tarfile)
+  $PY -c 'import sys, tarfile
+for name, src in (("logs", sys.argv[2]), ("results", sys.argv[3])):
+    with tarfile.open(f"{sys.argv[1]}/{name}.tgz", "w:gz") as t:
+        t.add(src, arcname=name)' "$OUT" "$LOGS" "$RES"
+  cp "$LOGS/summary.txt" "$OUT/" 2>/dev/null
+}
+
+timed() {  # timed NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, print one line with the wall time
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s%N)
+  timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$? t1=$(date +%s%N)
+  local ms=$(( (t1 - t0) / 1000000 ))
+  printf '%-34s rc=%-3s %4d.%01d s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000 / 100)) | tee -a "$LOGS/summary.txt"
+  [ $rc -eq 0 ] || tail -n 25 "$LOGS/$name.log"
+  return $rc
+}
+EV=("$PY" -c 'import sys; from fabench.cli import main; sys.exit(main())' evaluate -q --device cuda
+    --out "$RES" --cache-dir "$CACHE")
+
+for stage in "$@"; do
+  case $stage in
+    setup)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$LOGS/setup.log" 2>&1 \
+        || { tail "$LOGS/setup.log"; exit 1; }
+      $PY -c 'import torch, fabench, foolbox, pyautoattack; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0), "threads", torch.get_num_threads())'
+      ;;
+    tests)
+      timed tests-device 300 $PY -m pytest -q -p no:cacheprovider tests/test_device.py -rs ;;
+    synthetic)
+      for r in binary fine robust; do timed "synthetic-$r" 60 "${EV[@]}" --task synthetic --recipe $r; done
+      $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-synthetic.txt" ;;
+    agree)
+      timed agree-mnist5v5 300 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 150
+      timed agree-mnist5v5-fine 200 "${EV[@]}" --task mnist5v5 --recipe fine --n-eval 150
+      timed agree-cifar5v5 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 100
+      $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-real.txt" ;;
+    report) report | tee "$LOGS/report.txt" ;;
+    probe)  # small real-data runs whose record timings show where the time goes
+      timed probe-mnist5v5-binary-100 90 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 100 ;;
+    probe-cifar)
+      timed probe-cifar5v5-binary-all 200 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 0 ;;
+    probe-resnet18)  # the ResNet-18 trained on the GPU (the subset), its heads attacked on 200 points
+      timed probe-resnet18-fine-200 200 "${EV[@]}" --task cifar5v5-resnet18 --recipe fine --n-eval 200 ;;
+    mnist)
+      timed mnist5v5-binary-all 300 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 0
+      timed mnist5v5-fine-all 300 "${EV[@]}" --task mnist5v5 --recipe fine --n-eval 0
+      timed mnist5v5-binary-all-2nd 300 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 0 --force ;;
+    cifar)
+      timed cifar5v5-binary-all 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 0
+      timed cifar5v5-binary-all-2nd 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 0 --force ;;
+    resnet18)
+      timed cifar5v5-resnet18-fine-all 540 "${EV[@]}" --task cifar5v5-resnet18 --recipe fine --n-eval 0 ;;
+    suite)
+      FABENCH_DEVICE=cuda timed suite 500 $PY -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short -k "not ray" tests ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+cat "$LOGS/summary.txt" 2>/dev/null
+cp "$LOGS/summary.txt" "$LOGS/report.txt" "$OUT/" 2>/dev/null; ls -la "$OUT"
