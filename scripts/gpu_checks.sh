@@ -17,6 +17,19 @@
 #   resnet18   cifar5v5-resnet18 fine on all test points: the ResNet-18 trained on the GPU, timed
 #   suite      the whole test suite with FABENCH_DEVICE=cuda (Ray tests deselected)
 #
+# On a machine without network whose Python has torch but not foolbox or pyautoattack (such as
+# the GPU machines lent to fabench's developers), copy the pure-Python packages next to the
+# checkout in a git-ignored folder and put it on PYTHONPATH, with the data beside it:
+#   S=.venv/lib/python3.11/site-packages; mkdir -p .devsite .devdata
+#   for p in foolbox eagerpy git gitdb smmap pyautoattack robustbench geotorch gdown bs4 soupsieve \
+#            setuptools pkg_resources _distutils_hack; do cp -r $S/$p .devsite/; done
+#   cp -r $S/{foolbox,eagerpy,[Gg]it[Pp]ython,gitdb,smmap,pyautoattack,robustbench,geotorch}-*.dist-info .devsite/
+#   rm -rf .devsite/pyautoattack/examples          # 45 MB of example weights
+#   cp -r ../shared/data/MNIST ../shared/data/cifar-10-subset .devdata/
+#   PYTHONPATH=$PWD/.devsite FABENCH_DATA=$PWD/.devdata bash scripts/gpu_checks.sh setup tests synthetic
+# Keep one call's stages within its time limit: a stage is stopped at its own timeout, and what was
+# packed before comes back.
+#
 # Environment: FABENCH_DATA (the real datasets), OUT (where logs.tgz, results.tgz and summary.txt
 # go; default a temp dir), PYTHON (default python3), PYTHONPATH for packages the machine lacks
 # (foolbox, pyautoattack).

@@ -10,6 +10,7 @@ import torch
 from fabench.device import attack_batch_size, device_spec, resolve_device
 from fabench.errors import ConfigError
 from fabench.evaluation import RunConfig, evaluate, resolve
+from fabench.records import Record
 
 SMALL = (("d", 48), ("n_train", 80), ("n_test", 40))
 
@@ -125,3 +126,76 @@ def test_tune_allocator_is_done_once_and_recorded(tmp_path: Path) -> None:
     rec, _, _ = evaluate(RunConfig(task="synthetic", recipe="binary", attacks=["analytic"], overrides=SMALL,
                                    threads=1), out_dir=tmp_path)
     assert rec.runtime["allocator"] == first
+
+
+def test_cpu_twin_is_the_model_itself_on_the_cpu() -> None:
+    from fabench.models.classifier import Classifier, cpu_twin
+    from fabench.models.heads import BinaryHead
+
+    model = Classifier(BinaryHead(8, m=2))
+    assert cpu_twin(model) is model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cpu_twin_is_one_copy_per_model_state() -> None:  # pragma: no cover - needs a GPU
+    """Elsewhere than the CPU: one CPU copy per model and state (a changed weight gives a new one)."""
+    from fabench.models.classifier import Classifier, cpu_twin
+    from fabench.models.heads import BinaryHead
+
+    model = Classifier(BinaryHead(8, m=2, init_std=1.0)).cuda()
+    twin = cpu_twin(model)
+    assert twin is not model and twin is cpu_twin(model)
+    assert all(p.device.type == "cpu" for p in twin.parameters())
+    assert torch.equal(twin.head.weight, model.head.weight.cpu())
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    again = cpu_twin(model)
+    assert again is not twin and torch.equal(again.head.weight, model.head.weight.cpu())
+
+
+def test_certificate_reuses_the_exact_attacks_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The certificate asks ``exact`` for the batches the attack solved (whatever ``--batch-size``),
+    on the same model object (the CPU twin on a GPU), so the region analysis runs once per point."""
+    from fabench import evaluation
+    from fabench.attacks import exact
+
+    calls = {"regions": 0, "in_bracket": 0}
+    real_regions, real_bracket = exact._region_min, evaluation.bracket
+
+    def regions(*a: object, **kw: object) -> object:
+        calls["regions"] += 1
+        return real_regions(*a, **kw)  # type: ignore[arg-type]
+
+    def bracket(*a: object, **kw: object) -> object:
+        before = calls["regions"]
+        out = real_bracket(*a, **kw)  # type: ignore[arg-type]
+        calls["in_bracket"] += calls["regions"] - before
+        return out
+
+    monkeypatch.setattr(exact, "_region_min", regions)
+    monkeypatch.setattr(evaluation, "bracket", bracket)
+    exact._MEMO.clear()
+    rec, _, _ = evaluate(RunConfig(task="synthetic", recipe="binary", attacks=("exact",), radii=(0.0, 4.0, 8.0),
+                                   overrides=SMALL, batch_size=16), out_dir=tmp_path)
+    assert rec.certified["method"] == "crown+exact-regions"
+    assert calls["regions"] >= 3  # three batches of 16, 16 and 8 points, each solved by the attack
+    assert calls["in_bracket"] == 0  # ... and none again by the certificate
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("recipe", ["binary", "fine", "robust"])
+def test_default_protocol_on_cuda_agrees_with_cpu(recipe: str, tmp_path: Path) -> None:  # pragma: no cover
+    """Every default attack (exact's polish and the certificate included) on the GPU: the same
+    curve as on the CPU up to float round-off and the attacks' random starts (drawn on the CPU)."""
+    radii = tuple(float(r) for r in range(0, 13))
+
+    def run(device: str) -> Record:
+        cfg = RunConfig(task="synthetic", recipe=recipe, radii=radii, overrides=SMALL, device=device)
+        return evaluate(cfg, out_dir=tmp_path / device)[0]
+
+    cpu, gpu = run("cpu"), run("cuda")
+    assert gpu.runtime["device"].startswith("cuda") and gpu.key == cpu.key
+    assert abs(gpu.clean_accuracy - cpu.clean_accuracy) <= 0.026  # one point of 40
+    for r, v in cpu.robust_accuracy["worst"].items():
+        assert abs(gpu.robust_accuracy["worst"][r] - v) <= 0.051, r  # two points of 40
+    assert gpu.certified["method"] == cpu.certified["method"]

@@ -1,0 +1,51 @@
+"""scripts/compare_records.py: pairs records by configuration and measures how far they are apart."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from fabench.evaluation import RunConfig, evaluate
+from fabench.records import write_record
+
+SMALL = (("d", 48), ("n_train", 80), ("n_test", 40))
+
+
+def _script() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_records.py"
+    spec = importlib.util.spec_from_file_location("compare_records", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_records_pairs_by_key_and_counts_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    compare = _script()
+    cfg = RunConfig(task="synthetic", recipe="binary", attacks=("analytic",), radii=(0.0, 4.0, 8.0, 12.0),
+                    overrides=SMALL, threads=1)
+    rec, _, _ = evaluate(cfg, out_dir=tmp_path / "a")
+    # the same configuration on another batch size: same key, same numbers
+    evaluate(dataclasses.replace(cfg, batch_size=7), out_dir=tmp_path / "b")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "1 pairs, 0 beyond the tolerance" in capsys.readouterr().out
+
+    # three points more broken at one radius: 3 points apart there, beyond a tolerance of 2
+    worst = dict(rec.robust_accuracy["worst"])
+    r = next(k for k, v in worst.items() if v >= 3 / rec.n_eval)
+    worst[r] -= 3 / rec.n_eval
+    changed = dataclasses.replace(rec, robust_accuracy={**rec.robust_accuracy, "worst": worst})
+    write_record(changed, tmp_path / "c")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "c"), "--tol-points", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "1 beyond the tolerance" in out and f" {r} " in out
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "c"), "--tol-points", "3"]) == 0
+
+    # another configuration has no reference
+    other, _, _ = evaluate(dataclasses.replace(cfg, seed=1), out_dir=tmp_path / "d")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "d")]) == 0
+    assert "without a reference" in capsys.readouterr().out and other.key
