@@ -51,6 +51,15 @@ def resolve_device(text: str | None = None) -> "torch.device":
     return torch.device(spec)
 
 
+def module_device(module: "torch.nn.Module") -> "torch.device":
+    """Where ``module`` runs: the device of its first parameter or buffer (the CPU if it has none)."""
+    import torch
+
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def set_threads(threads: int) -> int:
     """Set torch's CPU threads (``0``: leave torch's default); returns the number in use."""
     import torch

@@ -317,10 +317,8 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         timings["feature space"] = time.perf_counter() - t0
     # The certificate (float64, the head alone) is cheap: on the CPU, like the data, on the CPU twin
     # the exact attack used and on its batches, so the exact attack's work is reused (exact.py memo).
-    twin = cpu_twin(model)
-    model.cpu()
     t0 = time.perf_counter()
-    certified, flags = bracket(twin, data, result, names=[s.name for s in res.attacks],
+    certified, flags = bracket(cpu_twin(model), data, result, names=[s.name for s in res.attacks],
                                batch_size=runtime["batch_size"])
     timings["certify"] = time.perf_counter() - t0
     own, other = report.own_other(data.positive_mask)

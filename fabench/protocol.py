@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from fabench._lazy import lazy
+from fabench.device import module_device
 from fabench.errors import ConfigError
 from fabench.types import Attack, AttackOutcome, ProgressFn, TaskData, no_progress
 from fabench.validation import MAX_RADII, MAX_RADIUS, check_outcome
@@ -93,15 +94,6 @@ class ProtocolResult:
     def median_distance(self, attack: str = "worst") -> float:
         d = self.min_distance if attack == "worst" else self.outcomes[attack].distances
         return float(np.median(d.double().numpy())) if len(d) else float("nan")
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (the CPU for a model without any)."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
@@ -160,7 +152,7 @@ def run_protocol(
         return _run_fast(model, data, attacks, radii=radii, n_eval=n_eval, seed=seed, batch_size=batch_size,
                          device=device, progress=progress)
     idx = select_points(len(data.x_test), n_eval, seed)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else module_device(model)
     x, y = data.x_test[idx].to(dev), data.y_test[idx].to(dev)
     model.eval()
     clean_on_device = model.correct(x, y)
@@ -204,7 +196,7 @@ def _run_fast(
     from fabench.attacks.base import outcome_from_distances
 
     idx = select_points(len(data.x_test), n_eval, seed)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else module_device(model)
     x, y = data.x_test[idx].to(dev), data.y_test[idx].to(dev)
     model.eval()
     clean_on_device = model.correct(x, y)

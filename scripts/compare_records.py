@@ -11,7 +11,8 @@ after a change meant to be bit-identical, gives the same results::
     python scripts/compare_records.py leaderboard/records /tmp/gpu-results --tol-points 2
 
 Exit status 1 if a pair differs by more than ``--tol-points`` test points at some radius (or in
-clean accuracy), or by more than ``--tol-distance`` (relative) in the median distance.
+clean accuracy), or by more than ``--tol-distance`` (relative) in the median distance; 2 if a
+directory is missing or no record has a reference (nothing compared).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tol-points", type=int, default=0, help="largest difference allowed, in test points")
     ap.add_argument("--tol-distance", type=float, default=0.0, help="largest relative difference of the median distance")
     args = ap.parse_args(argv)
+    for d in (args.reference, args.other):
+        if not d.is_dir():
+            print(f"compare_records: {d} is not a directory of result records", file=sys.stderr)
+            return 2
     ref, other = _index(args.reference), _index(args.other)
     rows, unmatched = [], []
     for ident, rec in sorted(other.items(), key=lambda kv: kv[0][:3]):
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(tabulate(rows, headers="keys", floatfmt=".3g"))
     for task, recipe, seed, key in unmatched:
         print(f"no reference record for {task}/{recipe} seed {seed} ({key[:16]})")
+    if not rows:
+        print(f"compare_records: no record of {args.other} has a reference in {args.reference}: nothing compared",
+              file=sys.stderr)
+        return 2
     bad = [r for r in rows if max(r["clean (points)"], r["worst, max over radii (points)"]) > args.tol_points
            or r["median distance (rel.)"] > args.tol_distance]
     print(f"{len(rows)} pairs, {len(bad)} beyond the tolerance ({args.tol_points} points, "

@@ -45,7 +45,11 @@ def test_compare_records_pairs_by_key_and_counts_points(tmp_path: Path, capsys: 
     assert "1 beyond the tolerance" in out and f" {r} " in out
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "c"), "--tol-points", "3"]) == 0
 
-    # another configuration has no reference
-    other, _, _ = evaluate(dataclasses.replace(cfg, seed=1), out_dir=tmp_path / "d")
+    # another configuration has no reference: listed; with nothing compared at all, an error
+    evaluate(dataclasses.replace(cfg, seed=1), out_dir=tmp_path / "d")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "d")]) == 2
+    assert "no reference record for synthetic/binary seed 1" in capsys.readouterr().out
+    evaluate(dataclasses.replace(cfg, seed=1), out_dir=tmp_path / "a")
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "d")]) == 0
-    assert "without a reference" in capsys.readouterr().out and other.key
+    assert compare.main([str(tmp_path / "missing"), str(tmp_path / "d")]) == 2
+    assert "is not a directory" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, bisect_outcome, fixed_radius_outcome, is_adversarial, nothing_broken, outcome_from_distances, perturbation_norms
+from fabench.attacks.base import bisect_outcome, candidates_outcome, fixed_radius_outcome, nothing_broken
 from fabench.attacks.exact import solves as exact_solves
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -210,9 +210,4 @@ class FABAttack:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             adv = box.from_unit(lib.perturb(box.to_unit(x), y).detach())
-        ok = is_adversarial(model, adv, y)
-        norms = perturbation_norms(adv, x)
-        distances = torch.where(ok.to(norms.device), norms, torch.full_like(norms, float("inf")))
-        adversarials = torch.where(ok.reshape((-1,) + (1,) * (x.dim() - 1)), adv, torch.full_like(adv, float("nan")))
-        out = outcome_from_distances(radii, distances)
-        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)
+        return candidates_outcome(model, x, y, adv, radii)

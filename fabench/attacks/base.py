@@ -48,6 +48,22 @@ def per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def candidates_outcome(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, radii: Sequence[float], *,
+    with_adversarials: bool = True,
+) -> AttackOutcome:
+    """The outcome of a minimisation attack that returns one candidate ``adv`` per point: each
+    point's distance where the model misclassifies its candidate (``inf`` elsewhere) and, if
+    ``with_adversarials``, the candidates themselves for fabench to verify (NaN where none)."""
+    ok = is_adversarial(model, adv, y)
+    norms = perturbation_norms(adv, x)
+    out = outcome_from_distances(radii, torch.where(ok, norms, torch.full_like(norms, math.inf)))
+    if not with_adversarials:
+        return out
+    adversarials = torch.where(per_point(ok, adv), adv, torch.full_like(adv, math.nan))
+    return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)
+
+
 def random_in_ball(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Uniform perturbations in the L2 balls of radii ``eps`` (foolbox's ``uniform_l2_n_balls``)."""
     b, n = x.flatten(1).shape

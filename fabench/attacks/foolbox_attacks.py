@@ -34,8 +34,7 @@ from fabench._lazy import lazy
 from fabench import registry
 
 from fabench.attacks.base import (
-    bisect_outcome, fixed_radius_outcome, is_adversarial, outcome_from_distances, per_point,
-    perturbation_norms, random_in_ball,
+    bisect_outcome, candidates_outcome, fixed_radius_outcome, per_point, random_in_ball,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -62,7 +61,7 @@ def import_foolbox() -> Any:
 def _fmodel(model: "Classifier", data: TaskData) -> Any:
     fb = import_foolbox()
     model.eval()
-    from fabench.models.backbones import module_device
+    from fabench.device import module_device
 
     return fb.PyTorchModel(model, bounds=data.bounds, device=module_device(model))
 
@@ -210,7 +209,4 @@ class DeepFoolAttack:
         model.eval()
         adv = l2_deepfool(model, x, y, steps=int(params["steps"]), overshoot=float(params["overshoot"]),
                           bounds=data.bounds)
-        ok = is_adversarial(model, adv, y)
-        norms = perturbation_norms(adv, x)
-        distances = torch.where(ok.to(norms.device), norms, torch.full_like(norms, float("inf")))
-        return outcome_from_distances(radii, distances)
+        return candidates_outcome(model, x, y, adv, radii, with_adversarials=False)

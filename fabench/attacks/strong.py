@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import is_adversarial, outcome_from_distances, perturbation_norms
+from fabench.attacks.base import candidates_outcome
 from fabench.attacks.autoattack import unit_box
 from fabench.attacks.foolbox_attacks import import_foolbox
 from fabench.types import AttackOutcome, Meta, Params, TaskData
@@ -56,9 +56,4 @@ class CarliniWagnerAttack:
             torch.manual_seed(seed)
             _, u_adv, _ = attack(fmodel, box.to_unit(x), fb.criteria.Misclassification(y), epsilons=None)
         adv = box.from_unit(u_adv.detach())
-        ok = is_adversarial(model, adv, y)
-        norms = perturbation_norms(adv, x)
-        distances = torch.where(ok.to(norms.device), norms, torch.full_like(norms, float("inf")))
-        adversarials = torch.where(ok.reshape((-1,) + (1,) * (x.dim() - 1)), adv, torch.full_like(adv, float("nan")))
-        out = outcome_from_distances(radii, distances)
-        return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)
+        return candidates_outcome(model, x, y, adv, radii)

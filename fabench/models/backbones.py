@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fabench._lazy import lazy, no_grad
+from fabench.device import module_device
 from fabench.errors import ConfigError, DataError, UnknownNameError
 from fabench.types import FitContext, Params, TaskData
 
@@ -204,12 +205,3 @@ def head_inputs(
     dev = module_device(module)
     return torch.cat([module(x[i : i + batch_size].to(dev)).flatten(1).to(x.device)
                       for i in range(0, len(x), batch_size)])
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """Where ``module`` runs: the device of its first parameter or buffer (the CPU if it has none)."""
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")

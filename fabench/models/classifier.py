@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fabench.device import module_device
 from fabench.metrics import class_means
 from fabench.models.heads import Head
 from fabench.types import TaskData
@@ -110,7 +111,7 @@ def feature_means(backbone: nn.Module | None, data: TaskData, *, batch_size: int
     """
     if backbone is None:
         return data.features.flatten(1).float()
-    dev = next((t.device for t in (*backbone.parameters(), *backbone.buffers())), torch.device("cpu"))
+    dev = module_device(backbone)
     feats = torch.cat(  # batches to the backbone's device, features back to the CPU
         [backbone(data.x_train[i : i + batch_size].to(dev)).flatten(1).cpu()
          for i in range(0, len(data.x_train), batch_size)]

@@ -22,7 +22,7 @@ from torch import nn
 
 from fabench import cache
 from fabench.errors import ConfigError
-from fabench.models.backbones import module_device
+from fabench.device import module_device
 from fabench.models.cnn import FeatureNet
 from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 
