@@ -11,8 +11,12 @@
 #              CPU records (scripts/compare_records.py)
 #   agree      mnist5v5 and cifar5v5 at the published configurations (seed 0), on the GPU, compared
 #              with the published CPU records
-#   mnist      mnist5v5 binary and fine on all 10000 test points (the backbone cached by the
-#              first; each timed again once cached)
+#   probe      mnist5v5 binary on 100 points (90 s limit); profile: the same under cProfile, the
+#              functions by cumulative and own time in logs/profile-mnist.txt
+#   agree-binary  the binary records of agree only; with FABENCH_CACHE_DIR a carried copy of the
+#              CPU's backbone cache (~/.cache/fabench/backbones), the same backbones as on the CPU
+#   mnist      mnist5v5 on all 10000 test points, each recipe of MNIST_RECIPES (default: binary
+#              fine; the backbone cached by the first), MNIST_LIMIT seconds each (default 300)
 #   cifar      cifar5v5 binary on all 1017 test points of the subset, timed (backbone cached)
 #   resnet18   cifar5v5-resnet18 fine on all test points: the ResNet-18 trained on the GPU, timed
 #   suite      the whole test suite with FABENCH_DEVICE=cuda (Ray tests deselected)
@@ -72,7 +76,8 @@ timed() {  # timed NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, print one lin
   [ $rc -eq 0 ] || tail -n 25 "$LOGS/$name.log"
   return $rc
 }
-EV=("$PY" -c 'import sys; from fabench.cli import main; sys.exit(main())' evaluate -q --device cuda
+# No -q: the log gets one line per finished stage with its time, even when a run is stopped.
+EV=("$PY" -c 'import sys; from fabench.cli import main; sys.exit(main())' evaluate --device cuda
     --out "$RES" --cache-dir "$CACHE")
 
 for stage in "$@"; do
@@ -84,7 +89,7 @@ for stage in "$@"; do
       $PY -c 'import torch, fabench, foolbox, pyautoattack; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0), "threads", torch.get_num_threads())'
       ;;
     tests)
-      timed tests-device 300 $PY -m pytest -q -p no:cacheprovider tests/test_device.py -rs ;;
+      timed tests-device ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider tests/test_device.py -rs ;;
     synthetic)
       for r in binary fine robust; do timed "synthetic-$r" 60 "${EV[@]}" --task synthetic --recipe $r; done
       $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-synthetic.txt" ;;
@@ -93,26 +98,45 @@ for stage in "$@"; do
       timed agree-mnist5v5-fine 200 "${EV[@]}" --task mnist5v5 --recipe fine --n-eval 150
       timed agree-cifar5v5 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 100
       $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-real.txt" ;;
+    agree-binary)  # agree without the fine head: mnist5v5 and cifar5v5 binary. With FABENCH_CACHE_DIR set
+      # to a carried copy of the CPU's backbone cache, the GPU attacks the very backbone the
+      # published CPU records used (the cache key does not hold the device).
+      timed agree-mnist5v5 200 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 150
+      timed agree-cifar5v5 120 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 100
+      $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-real.txt" ;;
     report) report | tee "$LOGS/report.txt" ;;
     probe)  # small real-data runs whose record timings show where the time goes
       timed probe-mnist5v5-binary-100 90 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 100 ;;
+    profile)  # the mnist probe under cProfile: where the time goes, by function (cumulative)
+      timed profile-mnist5v5-binary-100 ${PROFILE_LIMIT:-400} "$PY" -c '
+import cProfile, pstats, sys
+from fabench.cli import main
+out = sys.argv[1]
+sys.argv = ["fabench"] + sys.argv[2:]
+cProfile.run("rc = main(sys.argv[1:])", out + ".prof")
+st = pstats.Stats(out + ".prof", stream=open(out + ".txt", "w"))
+st.sort_stats("cumulative").print_stats(60)
+st.sort_stats("tottime").print_stats(40)
+' "$LOGS/profile-mnist" evaluate --device cuda --out "$RES/profile" --cache-dir "$CACHE" \
+        --task mnist5v5 --recipe binary --n-eval 100 ;;
     probe-cifar)
       timed probe-cifar5v5-binary-all 200 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 0 ;;
     probe-resnet18)  # the ResNet-18 trained on the GPU (the subset), its heads attacked on 200 points
       timed probe-resnet18-fine-200 200 "${EV[@]}" --task cifar5v5-resnet18 --recipe fine --n-eval 200 ;;
-    mnist)
-      timed mnist5v5-binary-all 300 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 0
-      timed mnist5v5-fine-all 300 "${EV[@]}" --task mnist5v5 --recipe fine --n-eval 0
-      timed mnist5v5-binary-all-2nd 300 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 0 --force ;;
+    mnist)  # MNIST_RECIPES (default: binary fine), MNIST_LIMIT seconds each (default 300)
+      for r in ${MNIST_RECIPES:-binary fine}; do
+        timed "mnist5v5-$r-all" "${MNIST_LIMIT:-300}" "${EV[@]}" --task mnist5v5 --recipe "$r" --n-eval 0
+      done ;;
     cifar)
       timed cifar5v5-binary-all 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 0
       timed cifar5v5-binary-all-2nd 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 0 --force ;;
     resnet18)
-      timed cifar5v5-resnet18-fine-all 540 "${EV[@]}" --task cifar5v5-resnet18 --recipe fine --n-eval 0 ;;
+      timed cifar5v5-resnet18-fine-all ${RESNET_LIMIT:-540} "${EV[@]}" --task cifar5v5-resnet18 --recipe fine --n-eval 0 ;;
     suite)
       FABENCH_DEVICE=cuda timed suite 500 $PY -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short -k "not ray" tests ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
+  pack
 done
 cat "$LOGS/summary.txt" 2>/dev/null
 cp "$LOGS/summary.txt" "$LOGS/report.txt" "$OUT/" 2>/dev/null; ls -la "$OUT"
