@@ -51,6 +51,21 @@ def resolve_device(text: str | None = None) -> "torch.device":
     return torch.device(spec)
 
 
+def describe_device(device: "torch.device | str") -> str:
+    """``device`` for a record: ``cpu``, or a GPU with its name (``cuda:0 (NVIDIA H100 80GB HBM3)``).
+
+    Results computed on different devices differ by floating-point round-off (and, for trained
+    backbones, by what that round-off does to training), so records and caches say where they were
+    computed."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(dev)
+
+
 def module_device(module: "torch.nn.Module") -> "torch.device":
     """Where ``module`` runs: the device of its first parameter or buffer (the CPU if it has none)."""
     import torch

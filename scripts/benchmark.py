@@ -231,7 +231,7 @@ def main() -> int:
     runtime = info.get("runtime", {})
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}, "
           f"torch {info.get('torch')} ({runtime.get('threads', info.get('torch_threads'))} threads), "
-          f"device {runtime.get('device', args.device)}, batch size {runtime.get('batch_size')}")
+          f"device {runtime.get('device_name', runtime.get('device', args.device))}, batch size {runtime.get('batch_size')}")
     print(f"task {args.task}, {info.get('n_eval')} test points attacked; protocol mode(s) {', '.join(modes)}; "
           f"default = {args.attacks}" + (f"; compare = {args.compare}" if args.compare else "")
           + f"; median (min, max) of {args.repeat} run(s), each in a fresh subprocess")

@@ -98,6 +98,9 @@ def test_cnn_trains_caches_and_reuses(mnist_small: TaskData, tmp_path: Path, tra
     second = setup_head(mnist_small, {**FAST, "m": 99}, context=ctx)
     assert train_calls == ["train backbone cnn"]
     assert second.info["backbone"]["cache"] == "hit" and second.info["backbone"]["features_cache"] == "hit"
+    # where the cached weights were trained travels with them (the key holds no device)
+    assert first.info["backbone"]["trained_on"] == f"cpu, torch {torch.__version__}"
+    assert second.info["backbone"]["trained_on"] == first.info["backbone"]["trained_on"]
     assert "backbone cnn (load)" in second.info["timings"] and "load features" in second.info["timings"]
     assert torch.equal(first.z_train, second.z_train)
     x = mnist_small.x_test[:8]
@@ -212,3 +215,17 @@ def test_robustbench_unknown_model_and_wrong_task(cifar_tiny: TaskData, mnist_sm
         build_backbone(cifar_tiny, {**BACKBONE_PARAMS, "backbone": "robustbench:Standardd"}, context=ctx)
     with pytest.raises(ConfigError, match="CIFAR-10 images"):
         build_backbone(mnist_small, {**BACKBONE_PARAMS, "backbone": "robustbench:Standard"}, context=ctx)
+
+
+def test_cache_entry_from_before_the_device_was_recorded_says_none(
+    mnist_small: TaskData, tmp_path: Path, train_calls: list[str]
+) -> None:
+    ctx = FitContext(seed=0, cache_dir=str(tmp_path))
+    setup_head(mnist_small, FAST, context=ctx)
+    (path,) = (tmp_path / "backbones").glob("*.pt")
+    entry = cache.load_entry(path)
+    assert entry is not None and entry.pop("trained_on").startswith("cpu, torch ")
+    assert cache.save_entry(path, entry)  # as an older fabench wrote it
+    again = setup_head(mnist_small, {**FAST, "m": 7}, context=ctx)
+    assert train_calls == ["train backbone cnn"] and again.info["backbone"]["cache"] == "hit"
+    assert again.info["backbone"]["trained_on"] is None

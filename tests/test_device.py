@@ -53,7 +53,8 @@ def test_runtime_is_recorded_and_not_keyed(tmp_path: Path) -> None:
     assert resolve(a).key == resolve(b).key
     rec, _, reused = evaluate(a, out_dir=tmp_path)
     assert not reused
-    assert rec.runtime["device"] == "cpu" and rec.runtime["threads"] == 1 and rec.runtime["batch_size"] == 16
+    assert rec.runtime["device"] == rec.runtime["device_name"] == "cpu"
+    assert rec.runtime["threads"] == 1 and rec.runtime["batch_size"] == 16
     # batches of 16 attack the same points as one batch of 500 would: the curve is the same
     rec2, _, _ = evaluate(_cfg(device="cpu", batch_size=500), out_dir=tmp_path, force=True)
     assert rec2.robust_accuracy == rec.robust_accuracy
@@ -199,3 +200,11 @@ def test_default_protocol_on_cuda_agrees_with_cpu(recipe: str, tmp_path: Path) -
     for r, v in cpu.robust_accuracy["worst"].items():
         assert abs(gpu.robust_accuracy["worst"][r] - v) <= 0.051, r  # two points of 40
     assert gpu.certified["method"] == cpu.certified["method"]
+
+
+def test_describe_device_names_the_gpu() -> None:
+    from fabench.device import describe_device
+
+    assert describe_device("cpu") == "cpu" and describe_device(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():  # the name is the driver's (e.g. cuda:0 (NVIDIA H100 80GB HBM3))
+        assert describe_device("cuda") == f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"

@@ -22,7 +22,7 @@ from torch import nn
 
 from fabench import cache
 from fabench.errors import ConfigError
-from fabench.device import module_device
+from fabench.device import describe_device, module_device
 from fabench.models.cnn import FeatureNet
 from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 
@@ -147,7 +147,9 @@ def cached_trained_backbone(
                 net = make()
     net.to(context.device)
     if entry is not None:
-        info.update(cache="hit", test_accuracy=entry.get("test_accuracy"), epoch_losses=entry.get("epoch_losses"))
+        # entries written before fabench recorded the device say None
+        info.update(cache="hit", test_accuracy=entry.get("test_accuracy"), epoch_losses=entry.get("epoch_losses"),
+                    trained_on=entry.get("trained_on"))
         info["timings"] = {f"backbone {name} (load)": time.perf_counter() - t0}
     else:
         with torch.random.fork_rng():
@@ -160,10 +162,14 @@ def cached_trained_backbone(
             )
         train_time = time.perf_counter() - t0
         test_acc = accuracy(net, data.x_test, data.fine_test)
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}  # the cache is device-independent
+        # The key holds no device: a backbone trained on a GPU serves CPU runs and the reverse. The
+        # weights differ by what round-off does to training, so the entry says where it was trained.
+        trained_on = f"{describe_device(context.device)}, torch {torch.__version__}"
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         saved = cache.save_entry(path, {"state_dict": state, "test_accuracy": test_acc,
-                                        "epoch_losses": losses})
-        info.update(cache="miss" if saved else "not writable", test_accuracy=test_acc, epoch_losses=losses)
+                                        "epoch_losses": losses, "trained_on": trained_on})
+        info.update(cache="miss" if saved else "not writable", test_accuracy=test_acc, epoch_losses=losses,
+                    trained_on=trained_on)
         info["timings"] = {f"backbone {name} (train)": train_time}
     net.eval()
     extractor = net.extractor()
