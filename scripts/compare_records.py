@@ -42,6 +42,17 @@ def _max_abs(a: Any, b: Any) -> float:
     return max((abs(x - y) for x, y in zip(flat_a, flat_b)), default=0.0)
 
 
+def _backbone(a: Record, b: Record) -> str:
+    """Whether both records attacked the same trained backbone (its test accuracy and training
+    losses, which the cache stores with the weights), and where each was trained."""
+    ba, bb = (r.model_info.get("backbone") or {} for r in (a, b))
+    if "epoch_losses" not in ba and "epoch_losses" not in bb:
+        return "-"
+    same = ba.get("epoch_losses") == bb.get("epoch_losses") and ba.get("test_accuracy") == bb.get("test_accuracy")
+    where = f" ({ba.get('trained_on') or '?'} / {bb.get('trained_on') or '?'})"
+    return ("same" if same else "differs") + where
+
+
 def compare(a: Record, b: Record) -> dict[str, Any]:
     """How far ``b``'s numbers are from ``a``'s (same configuration)."""
     n = a.n_eval
@@ -53,6 +64,7 @@ def compare(a: Record, b: Record) -> dict[str, Any]:
     return {
         "task": a.task, "recipe": a.recipe, "seed": a.seed, "n": n,
         "devices": f"{a.runtime.get('device', '?')} / {b.runtime.get('device', '?')}",
+        "backbone": _backbone(a, b),
         "clean (points)": round(abs(a.clean_accuracy - b.clean_accuracy) * n),
         "worst, max over radii (points)": radius_points.get(worst_r, 0),
         "at radius": worst_r,

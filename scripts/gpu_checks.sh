@@ -30,7 +30,10 @@
 #   cp -r $S/{foolbox,eagerpy,[Gg]it[Pp]ython,gitdb,smmap,pyautoattack,robustbench,geotorch}-*.dist-info .devsite/
 #   rm -rf .devsite/pyautoattack/examples          # 45 MB of example weights
 #   cp -r ../shared/data/MNIST ../shared/data/cifar-10-subset .devdata/
+#   mkdir -p .devcache && cp -r ~/.cache/fabench/backbones .devcache/   # for agree-binary (optional)
 #   PYTHONPATH=$PWD/.devsite FABENCH_DATA=$PWD/.devdata bash scripts/gpu_checks.sh setup tests synthetic
+# (FABENCH_CACHE_DIR=$PWD/.devcache for the CPU's backbones; list the three folders in
+# .git/info/exclude and carry them).
 # Keep one call's stages within its time limit: a stage is stopped at its own timeout, and what was
 # packed before comes back.
 #

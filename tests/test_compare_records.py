@@ -53,3 +53,19 @@ def test_compare_records_pairs_by_key_and_counts_points(tmp_path: Path, capsys: 
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "d")]) == 0
     assert compare.main([str(tmp_path / "missing"), str(tmp_path / "d")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_compare_records_says_whether_the_backbone_is_the_same(tmp_path: Path) -> None:
+    compare = _script()
+    cfg = RunConfig(task="synthetic", recipe="binary", attacks=("analytic",), radii=(0.0, 4.0),
+                    overrides=SMALL, threads=1)
+    rec, _, _ = evaluate(cfg, out_dir=tmp_path)
+    assert compare._backbone(rec, rec) == "-"  # pixels: no trained backbone
+    cpu = dataclasses.replace(rec, model_info={"backbone": {"epoch_losses": [0.3, 0.1], "test_accuracy": 0.99,
+                                                            "trained_on": "cpu, torch 2.14.1"}})
+    gpu = dataclasses.replace(rec, model_info={"backbone": {"epoch_losses": [0.3, 0.09], "test_accuracy": 0.99,
+                                                            "trained_on": "cuda:0 (H100), torch 2.11.0"}})
+    assert compare._backbone(cpu, cpu) == "same (cpu, torch 2.14.1 / cpu, torch 2.14.1)"
+    assert compare._backbone(cpu, gpu) == "differs (cpu, torch 2.14.1 / cuda:0 (H100), torch 2.11.0)"
+    old = dataclasses.replace(gpu, model_info={"backbone": {"epoch_losses": [0.3, 0.1], "test_accuracy": 0.99}})
+    assert compare._backbone(cpu, old) == "same (cpu, torch 2.14.1 / ?)"
