@@ -9,12 +9,12 @@
 #   synthetic  the paper's synthetic setting, all three recipes, seed 0, every test point,
 #              --device cuda, timed; then the same configurations compared with the published
 #              CPU records (scripts/compare_records.py)
-#   agree      mnist5v5 and cifar5v5 at the published configurations (seed 0), on the GPU, compared
-#              with the published CPU records
+#   agree      mnist5v5 (each recipe of AGREE_MNIST_RECIPES, default: binary fine) and cifar5v5
+#              binary at the published configurations (seed 0), on the GPU, compared with the
+#              published CPU records; with FABENCH_CACHE_DIR a carried copy of the CPU's backbone
+#              cache (~/.cache/fabench/backbones), on the same backbones as the CPU
 #   probe      mnist5v5 binary on 100 points (90 s limit); profile: the same under cProfile, the
 #              functions by cumulative and own time in logs/profile-mnist.txt
-#   agree-binary  the binary records of agree only; with FABENCH_CACHE_DIR a carried copy of the
-#              CPU's backbone cache (~/.cache/fabench/backbones), the same backbones as on the CPU
 #   mnist      mnist5v5 on all 10000 test points, each recipe of MNIST_RECIPES (default: binary
 #              fine; the backbone cached by the first), MNIST_LIMIT seconds each (default 300)
 #   cifar      cifar5v5 binary on all 1017 test points of the subset, timed (backbone cached)
@@ -30,7 +30,7 @@
 #   cp -r $S/{foolbox,eagerpy,[Gg]it[Pp]ython,gitdb,smmap,pyautoattack,robustbench,geotorch}-*.dist-info .devsite/
 #   rm -rf .devsite/pyautoattack/examples          # 45 MB of example weights
 #   cp -r ../shared/data/MNIST ../shared/data/cifar-10-subset .devdata/
-#   mkdir -p .devcache && cp -r ~/.cache/fabench/backbones .devcache/   # for agree-binary (optional)
+#   mkdir -p .devcache && cp -r ~/.cache/fabench/backbones .devcache/   # for agree on the same backbones (optional)
 #   PYTHONPATH=$PWD/.devsite FABENCH_DATA=$PWD/.devdata bash scripts/gpu_checks.sh setup tests synthetic
 # (FABENCH_CACHE_DIR=$PWD/.devcache for the CPU's backbones; list the three folders in
 # .git/info/exclude and carry them).
@@ -96,16 +96,13 @@ for stage in "$@"; do
     synthetic)
       for r in binary fine robust; do timed "synthetic-$r" 60 "${EV[@]}" --task synthetic --recipe $r; done
       $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-synthetic.txt" ;;
-    agree)
-      timed agree-mnist5v5 300 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 150
-      timed agree-mnist5v5-fine 200 "${EV[@]}" --task mnist5v5 --recipe fine --n-eval 150
+    agree)  # AGREE_MNIST_RECIPES (default: binary fine); with FABENCH_CACHE_DIR set to a carried copy of
+      # the CPU's backbone cache, the GPU attacks the very backbones the published CPU records used
+      # (the cache key does not hold the device)
+      for r in ${AGREE_MNIST_RECIPES:-binary fine}; do
+        timed "agree-mnist5v5-$r" 300 "${EV[@]}" --task mnist5v5 --recipe "$r" --n-eval 150
+      done
       timed agree-cifar5v5 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 100
-      $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-real.txt" ;;
-    agree-binary)  # agree without the fine head: mnist5v5 and cifar5v5 binary. With FABENCH_CACHE_DIR set
-      # to a carried copy of the CPU's backbone cache, the GPU attacks the very backbone the
-      # published CPU records used (the cache key does not hold the device).
-      timed agree-mnist5v5 200 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 150
-      timed agree-cifar5v5 120 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 100
       $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-real.txt" ;;
     report) report | tee "$LOGS/report.txt" ;;
     probe)  # small real-data runs whose record timings show where the time goes
