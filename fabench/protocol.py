@@ -24,9 +24,11 @@ Two modes (``run_protocol(..., mode=...)``, recorded in :attr:`ProtocolResult.mo
   there is all that can still change the worst case) and ``r_i`` (what the attack finds there
   warm-starts its search at ``r_{i-1}``), and, where it broke the point lower, the same again
   below its new first broken radius (a walk down: about two attack runs per point where the
-  earlier attacks were right, instead of a search over the whole band). A fixed-epsilon attack
-  is called per group of points with the same radii, and a point broken at every radius is
-  skipped.
+  earlier attacks were right, instead of a search over the whole band). An attack that takes
+  per-point bands (``searches_bands(params)``: pgd's and apgd's bisection; see
+  :class:`fabench.attacks.base.Bands`) gets all its points in one call per batch, each with its
+  band, and walks down inside that call; any other fixed-epsilon attack is called per group of
+  points with the same radii (and per step of the walk). A point broken at every radius is skipped.
   Before the first fixed-epsilon attack, points are also closed at the radii
   :func:`fabench.certify.certified_robust` proves them robust at (with a margin above the
   attacks' radius tolerance), where no attack can break them: on two-layer heads on the input
@@ -234,7 +236,30 @@ def _run_fast(
                 else ((left < n_r) & (left > low)).nonzero().squeeze(1))
         total, done = sum(len(p) for p, _, _ in jobs) + len(walk), 0
         progress(f"attack {spec.name}", 0, total)
-        while True:
+        searches_bands = getattr(spec.attack, "searches_bands", None)
+        if not minimization and callable(searches_bands) and searches_bands(spec.params):
+            # One call per batch for every point, each with its own band (the attack's own
+            # bisection over it, walking down to the certified prefix): the same probes as the
+            # groups below, in batches instead of a call per group and walk step.
+            from fabench.attacks.base import Bands
+
+            first_b = n_r - worst.sum(dim=0)
+            pts = torch.cat([p for p, _, _ in jobs] + [walk]).sort().values
+            bands = Bands(torch.where(first_b < n_r, first_b - 1, low), torch.where(first_b < n_r, first_b + 1, n_r),
+                          low)
+            for b0 in range(0, len(pts), batch_size):
+                sel = pts[b0 : b0 + batch_size]
+                out = spec.attack.run(model, x[sel], y[sel], radii, data=data, params=spec.params,  # type: ignore[call-arg]
+                                      seed=attack_seed(seed, spec.name) + int(sel[0]), bands=bands[sel])
+                ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], radii, data)
+                verified[spec.name] = ok and verified.get(spec.name, True)
+                d = torch.where(clean_correct[sel], out.distances.float().cpu(), torch.zeros(len(sel)))
+                worst[:, sel] |= out.broken.cpu() | outcome_from_distances(radii, d).broken
+                min_d[sel] = torch.minimum(min_d[sel], d)
+                done += len(sel)
+                progress(f"attack {spec.name}", done, total)
+            jobs, walk = [], walk[:0]
+        while len(jobs) or len(walk):
             first = n_r - worst[:, walk].sum(dim=0)
             jobs += [(walk[first == c], int(c) - 1, int(c) + 1) for c in first.unique().tolist()]
             for pts, n_0, n_c in jobs:

@@ -283,3 +283,28 @@ def test_apgd_skip_solved_claims_nothing_only_where_exact_solves_the_model(clean
     cnn, xc, yc, data = tiny_cnn()
     through = apgd.run(cnn, xc, yc, [0.0, 1.0, 2.0], data=data, seed=0, params=params)
     assert through.broken[-1].any()  # a backbone: exact does not solve it, apgd runs
+
+
+def test_apgd_l2_gives_each_point_its_own_radius(clean_data) -> None:
+    """pyautoattack's APGD with one radius per point in one call: every candidate lies in its own
+    ball; points whose ball is smaller than their exact distance are never broken, points with
+    twice their distance mostly are; a warm start at a known adversarial keeps it."""
+    from fabench.attacks.autoattack import apgd_l2, unit_box
+
+    model = averaging_net(clean_data)
+    x, y = clean_data.x_test[:40], clean_data.y_test[:40]
+    r = math.sqrt(D / K)  # every point's exact minimal distance
+    eps = torch.where(torch.arange(40) % 2 == 0, torch.tensor(0.9 * r), torch.tensor(2.0 * r))
+    box = unit_box(model, x, clean_data, 2.0 * r)
+    torch.manual_seed(0)
+    adv = apgd_l2(box, x, y, eps, steps=30, restarts=2)
+    norms = (adv - x).flatten(1).norm(dim=1)
+    assert bool((norms <= eps * (1 + 1e-4)).all())
+    broken = ~model.correct(adv, y)
+    assert not broken[::2].any() and float(broken[1::2].float().mean()) >= 0.8
+    s_plus = clean_data.features[clean_data.positive_mask].sum(0)
+    s_minus = clean_data.features[~clean_data.positive_mask].sum(0)
+    u = (s_plus - s_minus) / (s_plus - s_minus).norm()
+    start = -(y.float() * 2 - 1)[:, None] * u[None, :] * 1.5 * r  # along -y (S+ - S-): past the boundary
+    warm = apgd_l2(box, x, y, torch.full((40,), 1.6 * r), steps=1, restarts=0, start=start)
+    assert bool((~model.correct(warm, y)).all())

@@ -181,3 +181,86 @@ def test_fast_mode_walks_down_from_where_the_earlier_attacks_broke_a_point(data)
     assert walked >= to_walk > 10, (walked, to_walk)
     assert cells <= 0.4 * len(radii) * len(data.x_test), cells
     assert torch.all(fast.worst_broken >= before.worst_broken)
+
+
+class _BandSpy(_Spy):
+    """A fixed-epsilon attack that takes per-point bands (see :class:`fabench.attacks.base.Bands`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.bands: list = []
+
+    def searches_bands(self, params) -> bool:
+        return self.inner.searches_bands(params)
+
+    def run(self, model, x, y, radii, bands=None, **kw):
+        self.calls.append((x.clone(), tuple(radii)))
+        self.bands.append(bands)
+        return self.inner.run(model, x, y, radii, bands=bands, **kw)
+
+
+def _probe_recorder(monkeypatch) -> list:
+    """Every PGD probe: (points, per-point radii)."""
+    import fabench.attacks.foolbox_attacks as fa
+
+    probes, inner = [], fa.l2_pgd
+
+    def l2_pgd(model, x0, y, eps, start, **kw):
+        probes.append((x0.clone(), eps.clone()))
+        return inner(model, x0, y, eps, start, **kw)
+
+    monkeypatch.setattr(fa, "l2_pgd", l2_pgd)
+    return probes
+
+
+def test_fast_mode_gives_a_banded_attack_every_point_in_one_call_and_never_probes_a_certified_ball(
+        data, monkeypatch) -> None:
+    """An attack that takes bands (pgd's bisection) gets every open point in one call per batch,
+    each with its own band, and probes no radius a point is certified robust at."""
+    from fabench.certify import certify
+
+    model = Classifier(RobustHead(data.features, data.positive_mask, torch.full((10,), math.sqrt(200) / 2)))
+    radii = [float(r) for r in range(0, 31, 2)]
+    spy = _BandSpy("pgd")
+    attacks = specs("analytic", "exact") + [AttackSpec("pgd", spy, dict(spy.meta.params))]
+    full = run_protocol(model, data, attacks, radii=radii, seed=0, batch_size=40, mode="full")
+    spy.calls.clear(), spy.bands.clear()
+    probes = _probe_recorder(monkeypatch)
+    fast = run_protocol(model, data, attacks, radii=radii, seed=0, batch_size=40, mode="fast")
+    assert torch.equal(fast.worst_broken, full.worst_broken)
+    assert all(rad == tuple(radii) for _, rad in spy.calls) and all(b is not None for b in spy.bands)
+    assert len(spy.calls) == math.ceil(sum(len(x) for x, _ in spy.calls) / 40)  # full batches, not groups
+    cells = 0
+    for x, eps in probes:
+        cert = certify(model, x, _labels(data, x), max_radius=2 * max(radii)).radius
+        assert bool((eps.double() * (1 + 1e-3) >= cert).all()), (eps, cert)  # never inside a certified ball
+        cells += len(x)
+    assert cells <= 0.05 * len(radii) * len(data.x_test), cells
+
+
+def test_fast_mode_bands_walk_down_from_where_the_earlier_attacks_broke_a_point(data, monkeypatch) -> None:
+    """With bands, a point the earlier attacks broke first at ``r_i`` gets the band ``(r_{i-1}, r_i)``
+    (its search probes ``r_i``, then walks down while it succeeds); a point broken nowhere gets its
+    open radii up to the top. A few probes per point, and never weaker than the earlier attacks."""
+    from fabench.types import FitContext
+
+    rec = registry.recipes.get("binary")
+    model = rec.fit(data, dict(rec.meta.params), context=FitContext(seed=0)).eval()
+    radii = [float(r) for r in range(0, 21, 2)]
+    before = run_protocol(model, data, specs("analytic", "deepfool"), radii=radii, seed=0, batch_size=40, mode="fast")
+    first = len(radii) - before.worst_broken.sum(dim=0)
+    spy = _BandSpy("pgd")
+    probes = _probe_recorder(monkeypatch)
+    fast = run_protocol(model, data, specs("analytic", "deepfool") + [AttackSpec("pgd", spy, dict(spy.meta.params))],
+                        radii=radii, seed=0, batch_size=40, mode="fast")
+    walked = 0
+    for (xb, _), bands in zip(spy.calls, spy.bands):
+        rows = (xb[:, None, :] == data.x_test[None, :, :]).all(-1).float().argmax(1)
+        broke = first[rows] < len(radii)
+        assert torch.equal(bands.first[broke], first[rows][broke] - 1)
+        assert torch.equal(bands.end[broke], first[rows][broke] + 1)
+        assert bool((bands.end[~broke] == len(radii)).all()) and bool((bands.floor <= bands.first).all())
+        walked += int(broke.sum())
+    assert walked > 10
+    assert sum(len(x) for x, _ in probes) <= 0.4 * len(radii) * len(data.x_test)
+    assert torch.all(fast.worst_broken >= before.worst_broken)

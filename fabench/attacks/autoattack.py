@@ -16,8 +16,10 @@ padding is ignored by the model, so it only costs query budget).
 already broken at a smaller radius (:func:`~fabench.attacks.base.fixed_radius_outcome`). ``apgd``
 with ``search="bisect"`` instead searches each point's breaking radius as PGD does
 (:func:`~fabench.attacks.base.bisect_outcome`: the largest radius, bisection over the grid, a walk
-down), calling the library's ``APGDAttack.perturb`` once per distinct radius among the points of a
-probe (no warm start: ``perturb`` always starts at random). The default protocol runs
+down), each point of a probe at its own radius: :func:`apgd_l2` runs the library's
+``APGDAttack.attack_single_run`` once per restart on every open point of the probe together (the
+library's step is per point, so a radius per point only needs its ``eps`` shaped per point), where
+``perturb`` would be called once per distinct radius (no warm start: random starts). The default protocol runs
 ``apgd`` that way at 100 iterations x 4 restarts (:data:`fabench.evaluation.DEFAULT_ATTACK_PARAMS`);
 the audit's strong suite runs it with ``search="grid"`` at 100 x 5. ``fab`` minimises the
 distance and gives a whole curve.
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
-from fabench.attacks.base import bisect_outcome, candidates_outcome, fixed_radius_outcome, nothing_broken
+from fabench.attacks.base import Bands, bisect_outcome, candidates_outcome, fixed_radius_outcome, nothing_broken, per_point
 from fabench.attacks.exact import solves as exact_solves
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -90,6 +92,46 @@ def unit_box(model: "Classifier", x: torch.Tensor, data: TaskData, max_radius: f
     return UnitBoxView(model, tuple(x.shape[1:]), lo, scale, view)
 
 
+def apgd_l2(
+    box: UnitBoxView, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *, steps: int, restarts: int,
+    rho: float = 0.75, start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Candidates for ``x`` from the library's APGD-CE (L2), each point at its own radius ``eps``
+    (model units; one value per point).
+
+    The restart loop of the library's ``APGDAttack.perturb``, with ``eps`` per point: each run is
+    the library's ``attack_single_run`` on the points no earlier run fooled (a point keeps the
+    first adversarial found), with the library's ``eps`` set to theirs, shaped ``B x 1 x ...``
+    (every use of ``eps`` in its L2 step broadcasts per point: the random start, the step size and
+    the projection). So one call attacks points at many radii together, where ``perturb`` takes
+    one radius per call: on a GPU each APGD step costs launches and syncs whatever the batch, and
+    on a CPU small batches waste most of a step. ``start`` (inside the balls): one warm-started run
+    first, then ``restarts`` random ones. Points the model already misclassifies are returned
+    unchanged, as ``perturb`` does. The caller seeds torch's RNG (the random starts). Runs under
+    ``no_grad`` (see :func:`_fixed_radius`)."""
+    from pyautoattack.autopgd_base import APGDAttack as Lib
+
+    u = box.to_unit(x)
+    e = per_point(eps.to(device=u.device, dtype=u.dtype) / box.scale, u)
+    lib = Lib(box, n_iter=steps, norm="L2", n_restarts=1, eps=e, seed=0, loss="ce", rho=rho, device=x.device)
+    lib.init_hyperparam(u)
+    y = y.to(u.device)
+    with torch.no_grad():
+        adv = u.detach().clone()
+        fooled = box(u).max(1)[1] != y
+        inits = ([box.to_unit(x + start.to(x))] if start is not None else []) + [None] * restarts
+        for init in inits:
+            idx = (~fooled).nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            lib.eps = e[idx]
+            _, acc, _, found = lib.attack_single_run(u[idx], y[idx], x_init=None if init is None else init[idx])
+            hit = ~acc.bool()
+            adv[idx[hit]] = found[hit].detach()
+            fooled[idx[hit]] = True
+    return box.from_unit(adv)
+
+
 def _fixed_radius(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], box: UnitBoxView,
     make: Callable[[float], Any], seed: int,
@@ -120,17 +162,25 @@ class APGDAttack:
     )
     minimization: ClassVar[bool] = False
 
+    @staticmethod
+    def searches_bands(params: Params) -> bool:
+        """Whether :meth:`run` takes per-point ``bands`` (the bisection does)."""
+        return str(params.get("search", "grid")) == "bisect"
+
     def run(
         self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
-        data: TaskData, params: Params, seed: int,
+        data: TaskData, params: Params, seed: int, bands: Bands | None = None,
     ) -> AttackOutcome:
-        """``skip_solved`` (set by the default protocol): on a model that ``exact`` solves (a
+        """``bands`` (only with ``search="bisect"``): each point's part of the grid
+        (:class:`~fabench.attacks.base.Bands`). ``skip_solved`` (set by the default protocol): on a model that ``exact`` solves (a
         two-layer head of at most :data:`~fabench.attacks.exact.MAX_UNITS` units on the input) claim
         nothing, as ``exact`` already gives the ground truth there (or, for the fine head, verified
         distances polished by APGD itself); the audits of the synthetic records found no gap
         without ``apgd`` (binary and robust 0, fine 0.001), and there it would cost 10x the rest."""
         from pyautoattack.autopgd_base import APGDAttack as Lib
 
+        if bands is not None and not self.searches_bands(params):
+            raise ValueError("apgd takes bands only with search=bisect")
         if bool(params.get("skip_solved", False)) and exact_solves(model):
             return nothing_broken(x, radii)
         box = unit_box(model, x, data, max(radii))
@@ -143,18 +193,14 @@ class APGDAttack:
             return _fixed_radius(model, x, y, radii, box, make, seed)
 
         def attempt(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
-            """The library's ``perturb`` once per distinct radius among the points ``idx``."""
-            adv = torch.empty_like(x[idx.to(x.device)])
-            for e in torch.unique(eps).tolist():
-                at = (eps == e).nonzero().squeeze(1)
-                i = idx[at].to(x.device)
-                with torch.no_grad():  # see _fixed_radius
-                    adv[at.to(x.device)] = box.from_unit(make(e / box.scale).perturb(box.to_unit(x[i]), y[i]).detach())
-            return adv
+            """The library's APGD on the points ``idx`` together, each at its own radius."""
+            i = idx.to(x.device)
+            return apgd_l2(box, x[i], y[i], eps, steps=int(params["steps"]), restarts=int(params["restarts"]),
+                           rho=float(params["rho"]))
 
         with torch.random.fork_rng():  # the library seeds torch's global RNG on every call
             torch.manual_seed(seed)
-            return bisect_outcome(model, x, y, radii, attempt=attempt)
+            return bisect_outcome(model, x, y, radii, attempt=attempt, bands=bands)
 
 
 @registry.attacks.register

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from fabench._lazy import lazy
@@ -122,6 +123,23 @@ def fixed_radius_outcome(
     return AttackOutcome(tuple(float(r) for r in radii), broken, distances, adversarials=adversarials)
 
 
+@dataclass(frozen=True)
+class Bands:
+    """Per point, the part of the radius grid a fixed-epsilon search is asked about (long tensors
+    on the CPU, one value per point): it probes indices ``first <= i < end`` (the radii from
+    ``end`` up are already decided, e.g. broken by an earlier attack; those below ``first`` it
+    takes as unbroken) and its walk down never goes below ``floor`` (e.g. the radii the point is
+    certified robust at). The protocol's ``fast`` mode asks for them (:mod:`fabench.protocol`);
+    an attack that takes them says so with ``searches_bands(params)``."""
+
+    first: torch.Tensor
+    end: torch.Tensor
+    floor: torch.Tensor
+
+    def __getitem__(self, idx: torch.Tensor) -> "Bands":
+        return Bands(self.first[idx], self.end[idx], self.floor[idx])
+
+
 #: ``attempt(idx, eps, start)`` for :func:`bisect_outcome`: candidates for ``x[idx]`` at per-point
 #: radii ``eps`` (float32; ``idx`` and ``eps`` on the CPU), from a fresh start (``start is None``: the attack's own, e.g. random)
 #: or warm-started from the perturbation ``start`` (inside the ball).
@@ -130,7 +148,7 @@ BisectAttempt = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor | None"]
 
 def bisect_outcome(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
-    attempt: BisectAttempt, attempts: int = 1, warm_start: bool = False,
+    attempt: BisectAttempt, attempts: int = 1, warm_start: bool = False, bands: Bands | None = None,
 ) -> AttackOutcome:
     """A fixed-epsilon attack's curve by per-point bisection over the radius grid (about
     ``1 + log2 R`` batched probes instead of up to ``R`` runs), then a walk down.
@@ -146,7 +164,8 @@ def bisect_outcome(
     breaks below a radius where it failed once is still found). Bisection is not guaranteed to find
     all that one run per radius (:func:`fixed_radius_outcome`) finds. Returns each point's closest
     adversarial as ``adversarials`` (NaN where none), so every claim is verified on the model. The
-    caller seeds the RNG.
+    caller seeds the RNG. With ``bands``, each point's search keeps to its band: its largest radius
+    is ``end - 1``, the bisection starts above ``first - 1``, the walk stops at ``floor``.
     """
     r = torch.tensor([float(v) for v in radii], dtype=torch.float64)
     n, n_r, dev = len(x), len(r), x.device
@@ -155,11 +174,15 @@ def bisect_outcome(
     dist[clean_wrong] = 0.0
     best = torch.full_like(x, float("nan"))  # each point's closest adversarial found
     best[clean_wrong.to(dev)] = x[clean_wrong.to(dev)]
-    lo = torch.full((n,), int((r <= 0).sum()) - 1)  # largest radius index known unbroken
+    if bands is None:
+        bands = Bands(torch.zeros(n, dtype=torch.long), torch.full((n,), n_r), torch.zeros(n, dtype=torch.long))
+    end, floor = bands.end, bands.floor
+    # largest radius index known (or taken as) unbroken
+    lo = torch.maximum(torch.full((n,), int((r <= 0).sum()) - 1), bands.first - 1)
 
-    def first_broken() -> torch.Tensor:  # index of the smallest radius >= each distance
+    def first_broken() -> torch.Tensor:  # index of the smallest radius >= each distance, at most end
         within = dist.double()[None, :] <= r[:, None] * (1 + RADIUS_RTOL) + 1e-12
-        return (~within).sum(dim=0)
+        return torch.minimum((~within).sum(dim=0), end)
 
     def probe(idx: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """Attack points ``idx`` at radii ``r[at]``; which of them were broken there."""
@@ -187,8 +210,9 @@ def bisect_outcome(
     hi = first_broken()
     idx = (hi - lo > 1).nonzero().squeeze(1)
     if len(idx):  # the largest radius first
-        top = torch.full((len(idx),), n_r - 1)
-        lo[idx[~probe(idx, top)]] = n_r - 1
+        top = end[idx] - 1
+        missed = ~probe(idx, top)
+        lo[idx[missed]] = top[missed]
         hi = first_broken()
         lo = torch.minimum(lo, hi - 1)
     while True:  # bisection: one batched probe per round, each point at its own radius
@@ -200,12 +224,12 @@ def bisect_outcome(
         lo[idx[~found]] = mid[~found]
         hi = first_broken()
         lo = torch.minimum(lo, hi - 1)
-    idx = ((hi < n_r) & (hi > 0) & (lo >= 0) & (r[lo.clamp_min(0)] > 0)).nonzero().squeeze(1)
+    idx = ((hi < end) & (hi > floor) & (lo >= 0) & (r[lo.clamp_min(0)] > 0)).nonzero().squeeze(1)
     while len(idx):  # walk down from the smallest broken radius while the attack keeps succeeding
         below = (hi[idx] - 1).clamp_min(0)
         found = probe(idx, below)
         hi = first_broken()
         idx = idx[found]
-        idx = idx[(hi[idx] > 0) & (r[(hi[idx] - 1).clamp_min(0)] > 0)]
+        idx = idx[(hi[idx] > floor[idx]) & (r[(hi[idx] - 1).clamp_min(0)] > 0)]
     out = outcome_from_distances(radii, dist)
     return AttackOutcome(out.radii, out.broken, out.distances, adversarials=best)

@@ -622,46 +622,38 @@ def polish(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the bracket is open (fine head), try each radius ``r`` just below a point's verified
     distance (``r < upper <= (1 + band) r``) with APGD-CE warm-started at the verified point
-    scaled onto the sphere of radius ``r``; keep what the model confirms."""
-    from pyautoattack.autopgd_base import APGDAttack as Lib
-
-    from fabench.attacks.autoattack import unit_box
-    from fabench.attacks.base import RADIUS_RTOL, is_adversarial, perturbation_norms
+    scaled onto the sphere of radius ``r`` (plus ``restarts`` random starts where the warm start
+    missed); keep what the model confirms. In rounds, smallest radius first: each round gives every
+    open point its smallest radius not yet tried, all points together, each at its own radius
+    (:func:`fabench.attacks.autoattack.apgd_l2`); a point broken at ``r`` has ``upper <= r``, so it
+    has no larger radius left."""
+    from fabench.attacks.autoattack import apgd_l2, unit_box
+    from fabench.attacks.base import RADIUS_RTOL, is_adversarial, perturbation_norms, per_point
 
     upper, adv = upper.clone(), adv.clone()
     box = unit_box(model, x, data, max(max(radii), 1e-6))
-    shape = (-1,) + (1,) * (x.dim() - 1)
+    r = torch.tensor(sorted(float(v) for v in radii if float(v) > 0), dtype=torch.float64, device=x.device)
+    tried = torch.full((len(x),), -1, dtype=torch.long, device=x.device)  # index of the last radius tried
     # Under no_grad (APGD enables grad for its own gradients): pyautoattack's APGD writes
     # ``x_best_adv[ind] = x_adv[ind]`` outside its no_grad blocks, so with grad enabled every
     # iteration's iterate stays referenced by an autograd graph (about 200 MB per run here).
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        for r in sorted(float(v) for v in radii):
-            if r <= 0:
-                continue
-            todo = (~exact & torch.isfinite(upper) & (upper > r * (1 + RADIUS_RTOL)) & (upper <= r * (1 + band)))
-            idx = todo.nonzero().squeeze(1)
+        while len(r):
+            cell = ((torch.arange(len(r), device=x.device)[None, :] > tried[:, None]) & ~exact[:, None]
+                    & torch.isfinite(upper)[:, None] & (upper[:, None] > r[None, :] * (1 + RADIUS_RTOL))
+                    & (upper[:, None] <= r[None, :] * (1 + band)))
+            idx = cell.any(dim=1).nonzero().squeeze(1)
             if len(idx) == 0:
-                continue
-            scale = (r / upper[idx]) * (1 - 1e-4)
-            start = x[idx].double() + scale.reshape(shape) * (adv[idx].double() - x[idx].double())
-            lib = Lib(box, n_iter=steps, norm="L2", n_restarts=1, eps=r / box.scale, seed=seed, loss="ce",
-                      device=x.device)
-            u = box.to_unit(x[idx])
-            lib.init_hyperparam(u)
-            _, _, _, u_adv = lib.attack_single_run(u, y[idx], x_init=box.to_unit(start.to(x.dtype)))
-            cand = box.from_unit(u_adv.detach())
+                break
+            at = cell[idx].int().argmax(dim=1)  # each point's smallest radius left
+            tried[idx] = at
+            eps = r[at]
+            scale = (eps / upper[idx]) * (1 - 1e-4)
+            start = (per_point(scale, x[idx]) * (adv[idx].double() - x[idx].double())).to(x.dtype)
+            cand = apgd_l2(box, x[idx], y[idx], eps, steps=steps, restarts=restarts, start=start)
             norms = perturbation_norms(cand, x[idx]).double()
-            ok = is_adversarial(model, cand, y[idx]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[idx])
+            ok = is_adversarial(model, cand, y[idx]) & (norms <= eps * (1 + RADIUS_RTOL)) & (norms < upper[idx])
             upper[idx[ok]] = norms[ok]
             adv[idx[ok]] = cand[ok]
-            rest = idx[~ok]
-            if restarts > 0 and len(rest):  # random starts for the points the warm start missed
-                lib = Lib(box, n_iter=steps, norm="L2", n_restarts=restarts, eps=r / box.scale, seed=seed, loss="ce",
-                          device=x.device)
-                cand = box.from_unit(lib.perturb(box.to_unit(x[rest]), y[rest]).detach())
-                norms = perturbation_norms(cand, x[rest]).double()
-                ok = is_adversarial(model, cand, y[rest]) & (norms <= r * (1 + RADIUS_RTOL)) & (norms < upper[rest])
-                upper[rest[ok]] = norms[ok]
-                adv[rest[ok]] = cand[ok]
     return upper, adv

@@ -34,7 +34,7 @@ from fabench._lazy import lazy
 from fabench import registry
 
 from fabench.attacks.base import (
-    bisect_outcome, candidates_outcome, fixed_radius_outcome, per_point, random_in_ball,
+    Bands, bisect_outcome, candidates_outcome, fixed_radius_outcome, per_point, random_in_ball,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -160,10 +160,18 @@ class PGDAttack:
     )
     minimization: ClassVar[bool] = False
 
+    @staticmethod
+    def searches_bands(params: Params) -> bool:
+        """Whether :meth:`run` takes per-point ``bands`` (the bisection does)."""
+        return str(params.get("search", "grid")) == "bisect"
+
     def run(
         self, model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], *,
-        data: TaskData, params: Params, seed: int,
+        data: TaskData, params: Params, seed: int, bands: Bands | None = None,
     ) -> AttackOutcome:
+        """``bands`` (only with ``search="bisect"``): each point's part of the grid (:class:`~fabench.attacks.base.Bands`)."""
+        if bands is not None and not self.searches_bands(params):
+            raise ValueError("pgd takes bands only with search=bisect")
         if str(params.get("search", "grid")) == "bisect":
             opts = dict(steps=int(params["steps"]), rel_stepsize=float(params["rel_stepsize"]), bounds=data.bounds)
             rand = bool(params["random_start"])
@@ -176,7 +184,7 @@ class PGDAttack:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
                 return bisect_outcome(model, x, y, radii, attempt=pgd, attempts=1 + int(params["restarts"]),
-                                      warm_start=True)
+                                      warm_start=True, bands=bands)
         fb = import_foolbox()
         fmodel = _fmodel(model, data)
         attack = fb.attacks.L2PGD(
