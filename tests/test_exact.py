@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -221,3 +222,123 @@ def test_line_search_and_refinement_match_the_plain_loops() -> None:
     adv_got, dist_got = ex.refine_on_boundary(model, x, y, adv, dist, data.bounds, steps=20, hp=hp)
     assert bool((dist_ref < dist).any())  # the refinement improves some points
     assert torch.allclose(dist_got, dist_ref, rtol=1e-6)
+
+
+def _tiny_fine(d: int, k: int, h: int, seed: int) -> Classifier:
+    g = torch.Generator().manual_seed(seed)
+    positive = torch.arange(k) < k // 2
+    return Classifier(FineHead(d, k, h, positive, init_std=1.0, bias=True, generator=g).double())
+
+
+def test_span_view_is_the_model_in_the_span_plus_one_ghost_coordinate() -> None:
+    """SpanView: the model read in ``r + 1`` coordinates, norms kept, random starts distributed as
+    APGD's own uniform start in ``d`` dimensions (the ghost's share of the squared norm is
+    ``(d - r) / d`` on average, not ``1 / (r + 1)``)."""
+    from fabench.attacks.exact import span_view
+
+    d, k, h = 48, 4, 2
+    model = _tiny_fine(d, k, h, 0)
+    x, _ = _points(model, d, 64, 1)
+    v = 3.0 * torch.randn(64, d, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    span = span_view(model, x, (-math.inf, math.inf))
+    assert span is not None and span.rank == k * h and span.ghost == d - k * h
+    with torch.no_grad():
+        assert torch.allclose(span(span.coords(x)), model(x), atol=1e-10)
+        pv = span.perturbation(v)
+        assert torch.allclose(pv.norm(dim=1), v.norm(dim=1), rtol=1e-12)
+        xc = span.coords(x)
+        z = span.lift(x, xc + pv, xc)
+        assert torch.allclose(model(z), model(x + v), atol=1e-10)  # the same outputs...
+        assert torch.allclose((z - x).norm(dim=1), pv[:, :-1].norm(dim=1), rtol=1e-12)  # ...closer
+        assert bool(((z - x).norm(dim=1) < v.norm(dim=1)).all())
+    g = torch.Generator().manual_seed(3)  # f_robust (buffers, no parameters; a centre) too
+    robust = Classifier(RobustHead(torch.randn(6, d, generator=g), torch.arange(6) < 3, torch.ones(6),
+                                   centre=torch.randn(d, generator=g)))
+    xr = torch.randn(64, d, generator=g)
+    rspan = span_view(robust, xr, (-math.inf, math.inf))
+    assert rspan is not None and rspan.rank == 6
+    with torch.no_grad():
+        assert torch.allclose(rspan(rspan.coords(xr)), robust(xr), atol=1e-4)
+    torch.manual_seed(0)
+    u = torch.zeros(20000, span.rank + 1, dtype=torch.float64)
+    starts = span.random_start(u, torch.full((20000, 1), 2.0, dtype=torch.float64))
+    assert torch.allclose(starts.norm(dim=1), torch.full((20000,), 2.0, dtype=torch.float64))
+    share = (starts[:, -1] ** 2 / 4.0).mean().item()
+    assert share == pytest.approx((d - span.rank) / d, abs=0.01)
+
+
+def test_apgd_in_the_span_view_follows_apgd_in_the_input_space() -> None:
+    """From the same start, the library's APGD on the span view and on the model take the same
+    path: the lifted result is the span part of the input-space result (the ghost coordinate
+    carries the orthogonal part, which APGD's projections shrink). Without the ghost the path
+    would differ: the start's orthogonal part uses up the radius until projections shrink it."""
+    from fabench.attacks.autoattack import apgd_l2, unit_box
+    from fabench.attacks.exact import span_view
+
+    d, k, h = 48, 4, 2
+    model = _tiny_fine(d, k, h, 3)
+    x, y = _points(model, d, 40, 4)
+    data = SimpleNamespace(bounds=(-math.inf, math.inf))
+    eps = 1.2 * exact_distances(model, x, y).upper.detach()
+    v0 = torch.randn(40, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    v0 = v0 / v0.norm(dim=1, keepdim=True) * eps[:, None] * 0.99
+    full = apgd_l2(unit_box(model, x, data, float(eps.max())), x, y, eps, steps=10, restarts=0, start=v0)
+    span = span_view(model, x, data.bounds)
+    assert span is not None
+    xc = span.coords(x)
+    found = apgd_l2(unit_box(span, xc, data, float(eps.max())), xc, y, eps, steps=10, restarts=0,
+                    start=span.perturbation(v0))
+    lifted = span.lift(x, found, xc)
+    q = span.basis
+    projected = x + (full - x) @ q @ q.T
+    fooled = ~model.correct(full, y)
+    assert 0 < int(fooled.sum()) < 40  # a test with both outcomes
+    assert torch.equal(fooled, ~model.correct(lifted, y))
+    assert torch.allclose(lifted[fooled], projected[fooled], atol=1e-6 * float(eps.max()))
+
+
+def test_pgd_in_the_span_view_is_pgd_in_the_input_space() -> None:
+    """fabench's L2 PGD from the same start on the span view, lifted with the start's orthogonal
+    part, is the input-space PGD iterate (the orthogonal part only shrinks, by the projections);
+    and the pgd attack takes that path exactly where it applies (an unbounded input, a head of
+    fewer than d - 1 units), with the same curve as the input-space attack."""
+    from fabench.attacks.exact import span_view
+    from fabench.attacks.foolbox_attacks import PGDAttack, l2_pgd
+
+    d, k, h = 48, 4, 2
+    model = _tiny_fine(d, k, h, 6)
+    x, y = _points(model, d, 60, 7)
+    eps = 1.3 * exact_distances(model, x, y).upper.detach()
+    g = torch.Generator().manual_seed(8)
+    start = torch.randn(60, d, generator=g, dtype=torch.float64)
+    start = start / start.norm(dim=1, keepdim=True) * eps[:, None] * 0.9
+    opts = dict(steps=25, rel_stepsize=0.05, bounds=(-math.inf, math.inf))
+    full = l2_pgd(model, x, y, eps, start, **opts)
+    span = span_view(model, x, (-math.inf, math.inf))
+    assert span is not None
+    xc = span.coords(x)
+    lifted = span.lift(x, l2_pgd(span, xc, y, eps, span.perturbation(start), **opts), xc, start=start)
+    assert torch.allclose(lifted, full, atol=1e-9)
+    assert span_view(model, x, (0.0, 1.0)) is None  # a box: not a function of the span coordinates
+    assert span_view(_tiny_fine(8, 4, 2, 0), x[:, :8], (-math.inf, math.inf)) is None  # r + 1 >= d
+
+    calls = []
+    original = span_view
+    import fabench.attacks.exact as exact_module
+
+    def spy(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    data = SimpleNamespace(bounds=(-math.inf, math.inf))
+    params = dict(PGDAttack.meta.params)
+    model, x = model.float(), x.float()  # the attacks' models are float32
+    radii = [0.0] + [round(float(v), 3) for v in torch.quantile(eps / 1.3, torch.tensor([0.2, 0.5, 0.8], dtype=eps.dtype))]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exact_module, "span_view", spy)
+        in_span = PGDAttack().run(model, x, y, radii, data=data, params=params, seed=0)
+        mp.setattr(exact_module, "span_view", lambda *a, **kw: None)
+        in_input = PGDAttack().run(model, x, y, radii, data=data, params=params, seed=0)
+    assert len(calls) == 1 and calls[0] is not None
+    assert torch.equal(in_span.broken, in_input.broken)
+    assert 0 < int(in_span.broken[2].sum()) < 60

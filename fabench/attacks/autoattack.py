@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class UnitBoxView(TorchModule):  # a torch.nn.Module (made on first use: see fabench._lazy)
     """``u -> model(lo + s * u)`` on (optionally padded, image-shaped) inputs in ``[0, 1]``."""
 
-    def __init__(self, model: "Classifier", shape: tuple[int, ...], lo: torch.Tensor, scale: float,
+    def __init__(self, model: "torch.nn.Module", shape: tuple[int, ...], lo: torch.Tensor, scale: float,
                  view: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.model, self.shape, self.lo, self.scale, self.view = model, shape, lo, scale, view
@@ -79,7 +79,7 @@ def square_view(numel: int) -> tuple[int, int, int]:
     return (1, n, n)
 
 
-def unit_box(model: "Classifier", x: torch.Tensor, data: TaskData, max_radius: float, *,
+def unit_box(model: "torch.nn.Module", x: torch.Tensor, data: TaskData, max_radius: float, *,
              image: bool = False) -> UnitBoxView:
     lo_b, hi_b = data.bounds
     if math.isfinite(lo_b) and math.isfinite(hi_b):
@@ -95,6 +95,7 @@ def unit_box(model: "Classifier", x: torch.Tensor, data: TaskData, max_radius: f
 def apgd_l2(
     box: UnitBoxView, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *, steps: int, restarts: int,
     rho: float = 0.75, start: torch.Tensor | None = None,
+    random_start: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Candidates for ``x`` from the library's APGD-CE (L2), each point at its own radius ``eps``
     (model units; one value per point).
@@ -107,7 +108,10 @@ def apgd_l2(
     one radius per call: on a GPU each APGD step costs launches and syncs whatever the batch, and
     on a CPU small batches waste most of a step. ``start`` (inside the balls): one warm-started run
     first, then ``restarts`` random ones. Points the model already misclassifies are returned
-    unchanged, as ``perturb`` does. The caller seeds torch's RNG (the random starts). Runs under
+    unchanged, as ``perturb`` does. ``random_start(u, e)``: the random starts (``x_init``) of
+    points ``u`` of the unit box at radii ``e`` (shaped per point), where the library's own (``u``
+    plus ``e`` times a uniform direction) is not the one wanted (see
+    :class:`fabench.attacks.exact.SpanView`). The caller seeds torch's RNG (the random starts). Runs under
     ``no_grad`` (see :func:`_fixed_radius`)."""
     from pyautoattack.autopgd_base import APGDAttack as Lib
 
@@ -125,7 +129,10 @@ def apgd_l2(
             if len(idx) == 0:
                 break
             lib.eps = e[idx]
-            _, acc, _, found = lib.attack_single_run(u[idx], y[idx], x_init=None if init is None else init[idx])
+            x_init: torch.Tensor | None = None if init is None else init[idx]
+            if init is None and random_start is not None:
+                x_init = random_start(u[idx], e[idx])
+            _, acc, _, found = lib.attack_single_run(u[idx], y[idx], x_init=x_init)
             hit = ~acc.bool()
             adv[idx[hit]] = found[hit].detach()
             fooled[idx[hit]] = True

@@ -38,6 +38,9 @@ The attack ``exact`` reports ``upper``; where the bracket is open (fine head) it
 for each radius just below a point's verified distance it runs APGD-CE warm-started from that
 point scaled onto the radius (:func:`polish`), since the true minimiser may switch on a group the
 polyhedral inner sets do not credit (plus ``polish_restarts`` random starts on the points the warm start missed).
+On an unbounded input the polish runs in the head's span plus one ghost coordinate
+(:class:`SpanView`: ``U + 1`` coordinates instead of ``d``, the same attack problem), as does
+``pgd``'s bisection (:mod:`fabench.attacks.foolbox_attacks`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from fabench._lazy import lazy, lazy_attr
+from fabench._lazy import TorchModule, lazy, lazy_attr
 from fabench import registry
 from fabench.attacks.base import nothing_broken, outcome_from_distances
 from fabench.errors import ConfigError
@@ -615,6 +618,91 @@ class ExactAttack:
         return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adv)
 
 
+class SpanView(TorchModule):  # a torch.nn.Module (made on first use: see fabench._lazy)
+    """A two-layer head on the input seen in the span of its unit weights, plus one *ghost*
+    coordinate for the rest of the input space.
+
+    ``Q`` (``d x r``, orthonormal columns, ``r <= U``) spans the rows of ``W``; the head reads its
+    input only through ``W z``, so ``model(z) = model(z + v)`` for every ``v`` orthogonal to the
+    span. A point is ``c = (Q^T x, 0)``, a perturbation ``v`` is ``(Q^T v, |v - Q Q^T v|)``, and the
+    view is ``c -> model(Q c[:r])`` (the ghost coordinate is ignored).
+
+    An L2 attack on this view is the input-space attack in ``r + 1`` instead of ``d`` dimensions:
+    the model's gradient has no orthogonal part, and the L2 PGD/APGD updates only combine iterates
+    and rescale them, so the orthogonal part of every iterate is a multiple of that of its start,
+    carried by the ghost coordinate. :meth:`lift` maps a result back, with that multiple of the
+    start's orthogonal part (the input-space attack's own iterate, :func:`fabench.attacks.foolbox_attacks.l2_pgd`)
+    or without it (the same outputs, a shorter perturbation). A start uniform on the sphere in
+    ``d`` dimensions is :meth:`random_start` (the span part Gaussian, the ghost ``chi`` with
+    ``d - r`` degrees of freedom, then normalised): APGD's own start, in distribution. The box of
+    pixel tasks is not a function of ``c``: the view is for unbounded inputs (:func:`span_view`)."""
+
+    def __init__(self, model: "Classifier", basis: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        if basis.shape[0] <= basis.shape[1]:
+            raise ValueError("SpanView needs a basis of fewer dimensions than the input (d > r)")
+        super().__init__()
+        self.model, self.shape = model, shape
+        self.basis = basis.double()  # d x r
+        self.rank = int(basis.shape[1])
+        self.ghost = int(basis.shape[0]) - self.rank  # dimensions the ghost coordinate stands for
+        self.basis_model = basis.to(dtype)  # the inputs' dtype
+
+    def coords(self, z: torch.Tensor) -> torch.Tensor:
+        """Points: ``(Q^T z, 0)`` (float64 product, the points' dtype)."""
+        c = z.flatten(1).double() @ self.basis
+        return torch.cat([c, c.new_zeros(len(c), 1)], dim=1).to(z.dtype)
+
+    def _split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = v.flatten(1).double()
+        c = flat @ self.basis
+        return c, flat - c @ self.basis.T
+
+    def perturbation(self, v: torch.Tensor) -> torch.Tensor:
+        """Perturbations: ``(Q^T v, |v - Q Q^T v|)``, the same L2 norm."""
+        c, rest = self._split(v)
+        return torch.cat([c, rest.norm(dim=1, keepdim=True)], dim=1).to(v.dtype)
+
+    def random_start(self, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``u + e t / |t|`` with ``t`` standard normal in ``d`` dimensions, in these coordinates
+        (what APGD's own L2 start draws in the input space)."""
+        t = torch.randn(len(u), self.rank, dtype=torch.float64, device=u.device)
+        rest = torch.distributions.Chi2(torch.tensor(float(self.ghost), dtype=torch.float64)).sample((len(u),))
+        t = torch.cat([t, rest.sqrt().to(u.device)[:, None]], dim=1)
+        return u + e * (t / t.norm(dim=1, keepdim=True)).to(u.dtype).reshape(u.shape)
+
+    def lift(self, x: torch.Tensor, c: torch.Tensor, c0: torch.Tensor, *, start: torch.Tensor | None = None,
+             ) -> torch.Tensor:
+        """``x + Q (c - c0)[:r]``: the input point of coordinates ``c`` next to ``x`` (coordinates
+        ``c0``); with ``start`` (the input-space start of the attack that gave ``c``), plus the
+        ghost's multiple of the start's orthogonal part."""
+        dc = c.double() - c0.double()
+        step = dc[:, : self.rank] @ self.basis.T
+        if start is not None:
+            _, rest = self._split(start)
+            norm = rest.norm(dim=1, keepdim=True)
+            step = step + torch.where(norm > 0, dc[:, self.rank :] / norm.clamp_min(1e-300), 0.0) * rest
+        return (x.double() + step.reshape(x.shape)).to(x.dtype)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.model((c[:, : self.rank] @ self.basis_model.T).reshape((-1,) + self.shape))
+
+
+def span_view(model: "Classifier", x: torch.Tensor, bounds: tuple[float, float]) -> SpanView | None:
+    """:class:`SpanView` of a two-layer head on an unbounded input (``Q`` from the QR of ``W^T``),
+    else ``None``: a bounded input, a model with a backbone or a head :func:`piecewise_head` does
+    not read, or no fewer coordinates (``r + 1 >= d``)."""
+    if any(math.isfinite(b) for b in bounds):
+        return None
+    try:
+        hp = piecewise_head(model, max_units=int(x[0].numel()))
+    except ConfigError:
+        return None
+    if hp.units + 1 >= x[0].numel():
+        return None
+    q, _ = torch.linalg.qr(hp.weight.detach().T)
+    return SpanView(model, q.to(x.device), tuple(x.shape[1:]), x.dtype)
+
+
 def polish(
     model: "Classifier", x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], upper: torch.Tensor,
     adv: torch.Tensor, exact: torch.Tensor, *, data: TaskData, seed: int, steps: int, band: float,
@@ -626,12 +714,16 @@ def polish(
     missed); keep what the model confirms. In rounds, smallest radius first: each round gives every
     open point its smallest radius not yet tried, all points together, each at its own radius
     (:func:`fabench.attacks.autoattack.apgd_l2`); a point broken at ``r`` has ``upper <= r``, so it
-    has no larger radius left."""
+    has no larger radius left. On unbounded inputs (the synthetic task) APGD works in the span of
+    the head's unit weights (:class:`SpanView`: ``r + 1 <= U + 1`` coordinates instead of ``d``, the same
+    attack problem); every candidate is checked on the model in the input space."""
     from fabench.attacks.autoattack import apgd_l2, unit_box
     from fabench.attacks.base import RADIUS_RTOL, is_adversarial, perturbation_norms, per_point
 
     upper, adv = upper.clone(), adv.clone()
-    box = unit_box(model, x, data, max(max(radii), 1e-6))
+    span = span_view(model, x, data.bounds)
+    xc = span.coords(x) if span is not None else x  # the points where APGD sees them
+    box = unit_box(span if span is not None else model, xc, data, max(max(radii), 1e-6))
     r = torch.tensor(sorted(float(v) for v in radii if float(v) > 0), dtype=torch.float64, device=x.device)
     tried = torch.full((len(x),), -1, dtype=torch.long, device=x.device)  # index of the last radius tried
     # Under no_grad (APGD enables grad for its own gradients): pyautoattack's APGD writes
@@ -651,7 +743,12 @@ def polish(
             eps = r[at]
             scale = (eps / upper[idx]) * (1 - 1e-4)
             start = (per_point(scale, x[idx]) * (adv[idx].double() - x[idx].double())).to(x.dtype)
-            cand = apgd_l2(box, x[idx], y[idx], eps, steps=steps, restarts=restarts, start=start)
+            if span is None:
+                cand = apgd_l2(box, x[idx], y[idx], eps, steps=steps, restarts=restarts, start=start)
+            else:
+                found = apgd_l2(box, xc[idx], y[idx], eps, steps=steps, restarts=restarts,
+                                start=span.perturbation(start), random_start=span.random_start)
+                cand = span.lift(x[idx], found, xc[idx])
             norms = perturbation_norms(cand, x[idx]).double()
             ok = is_adversarial(model, cand, y[idx]) & (norms <= eps * (1 + RADIUS_RTOL)) & (norms < upper[idx])
             upper[idx[ok]] = norms[ok]

@@ -22,13 +22,16 @@ and are shared with APGD, :mod:`fabench.attacks.autoattack`):
   PGD finds is not monotone in the radius; bisection is not guaranteed to find all that the grid
   finds (it did on every fixed-seed case tested). It runs the same L2 PGD as foolbox (random start
   in the ball, normalised-gradient steps of ``rel_stepsize * eps``, projection, clipping;
-  :func:`l2_pgd`) in plain torch, with one epsilon per point.
+  :func:`l2_pgd`) in plain torch, with one epsilon per point. On a two-layer head on an unbounded
+  input (the synthetic task) the bisection runs it in the head's span plus one ghost coordinate
+  (:class:`~fabench.attacks.exact.SpanView`, ``U + 1`` instead of ``d`` coordinates): the same
+  starts, the same iterates mapped back to the input space (up to float round-off).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
@@ -75,7 +78,8 @@ def _clip(x: torch.Tensor, bounds: tuple[float, float], *, inplace: bool = False
 
 
 def l2_pgd(
-    model: "Classifier", x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, start: torch.Tensor, *,
+    model: "Callable[[torch.Tensor], torch.Tensor]", x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+    start: torch.Tensor, *,
     steps: int, rel_stepsize: float, bounds: tuple[float, float],
 ) -> torch.Tensor:
     """foolbox's L2PGD with one epsilon per point and a given start ``x0 + start`` (inside the ball).
@@ -173,13 +177,20 @@ class PGDAttack:
         if bands is not None and not self.searches_bands(params):
             raise ValueError("pgd takes bands only with search=bisect")
         if str(params.get("search", "grid")) == "bisect":
+            from fabench.attacks.exact import span_view
+
             opts = dict(steps=int(params["steps"]), rel_stepsize=float(params["rel_stepsize"]), bounds=data.bounds)
             rand = bool(params["random_start"])
+            span = span_view(model, x, data.bounds)  # a head on an unbounded input: its span + 1 coordinate
+            xc = span.coords(x) if span is not None else x
 
             def pgd(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
                 if start is None:  # a fresh start, as foolbox
                     start = random_in_ball(x[idx], eps) if rand else torch.zeros_like(x[idx])
-                return l2_pgd(model, x[idx], y[idx], eps, start, **opts)  # type: ignore[arg-type]
+                if span is None:
+                    return l2_pgd(model, x[idx], y[idx], eps, start, **opts)  # type: ignore[arg-type]
+                found = l2_pgd(span, xc[idx], y[idx], eps, span.perturbation(start), **opts)  # type: ignore[arg-type]
+                return span.lift(x[idx], found, xc[idx], start=start)
 
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
