@@ -251,6 +251,11 @@ def test_span_view_is_the_model_in_the_span_plus_one_ghost_coordinate() -> None:
         assert torch.allclose(model(z), model(x + v), atol=1e-10)  # the same outputs...
         assert torch.allclose((z - x).norm(dim=1), pv[:, :-1].norm(dim=1), rtol=1e-12)  # ...closer
         assert bool(((z - x).norm(dim=1) < v.norm(dim=1)).all())
+    binary = tiny_binary(d, 3, 4)
+    bspan = span_view(binary, x, (-math.inf, math.inf))
+    assert bspan is not None and bspan.rank == 6
+    with torch.no_grad():
+        assert torch.allclose(bspan(bspan.coords(x)), binary(x), atol=1e-10)
     g = torch.Generator().manual_seed(3)  # f_robust (buffers, no parameters; a centre) too
     robust = Classifier(RobustHead(torch.randn(6, d, generator=g), torch.arange(6) < 3, torch.ones(6),
                                    centre=torch.randn(d, generator=g)))

@@ -625,7 +625,11 @@ class SpanView(TorchModule):  # a torch.nn.Module (made on first use: see fabenc
     ``Q`` (``d x r``, orthonormal columns, ``r <= U``) spans the rows of ``W``; the head reads its
     input only through ``W z``, so ``model(z) = model(z + v)`` for every ``v`` orthogonal to the
     span. A point is ``c = (Q^T x, 0)``, a perturbation ``v`` is ``(Q^T v, |v - Q Q^T v|)``, and the
-    view is ``c -> model(Q c[:r])`` (the ghost coordinate is ignored).
+    view is ``c -> model(Q c[:r])`` (the ghost coordinate is ignored), computed by a copy of the head
+    whose input-space tensors (those of last dimension ``d``: ``W``, f_robust's directions and
+    centre) are contracted with ``Q`` (``W Q``, ``Q^T centre``): ``r``-dimensional inner products,
+    equal to the ``d``-dimensional ones because those tensors' rows lie in the span (the centre
+    only enters through ``<u_j, centre>``).
 
     An L2 attack on this view is the input-space attack in ``r + 1`` instead of ``d`` dimensions:
     the model's gradient has no orthogonal part, and the L2 PGD/APGD updates only combine iterates
@@ -637,15 +641,32 @@ class SpanView(TorchModule):  # a torch.nn.Module (made on first use: see fabenc
     ``d - r`` degrees of freedom, then normalised): APGD's own start, in distribution. The box of
     pixel tasks is not a function of ``c``: the view is for unbounded inputs (:func:`span_view`)."""
 
-    def __init__(self, model: "Classifier", basis: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    def __init__(self, model: "Classifier", basis: torch.Tensor, shape: tuple[int, ...]) -> None:
         if basis.shape[0] <= basis.shape[1]:
             raise ValueError("SpanView needs a basis of fewer dimensions than the input (d > r)")
+        import copy
+
+        from fabench.models.classifier import Classifier
+
         super().__init__()
-        self.model, self.shape = model, shape
+        self.shape = shape
         self.basis = basis.double()  # d x r
-        self.rank = int(basis.shape[1])
-        self.ghost = int(basis.shape[0]) - self.rank  # dimensions the ghost coordinate stands for
-        self.basis_model = basis.to(dtype)  # the inputs' dtype
+        d, self.rank = int(basis.shape[0]), int(basis.shape[1])
+        self.ghost = d - self.rank  # dimensions the ghost coordinate stands for
+        head = copy.deepcopy(model.head)
+
+        def contract(t: torch.Tensor | None) -> torch.Tensor | None:
+            return (t.double() @ self.basis).to(t.dtype) if t is not None and t.dim() and t.shape[-1] == d else None
+
+        with torch.no_grad():
+            for mod in head.modules():
+                for name, p in list(mod._parameters.items()):
+                    if (small := contract(p)) is not None:
+                        mod._parameters[name] = torch.nn.Parameter(small, requires_grad=False)
+                for name, b in list(mod._buffers.items()):
+                    if (small := contract(b)) is not None:
+                        mod._buffers[name] = small
+        self.reduced = Classifier(head)  # the model on the span coordinates
 
     def coords(self, z: torch.Tensor) -> torch.Tensor:
         """Points: ``(Q^T z, 0)`` (float64 product, the points' dtype)."""
@@ -684,7 +705,7 @@ class SpanView(TorchModule):  # a torch.nn.Module (made on first use: see fabenc
         return (x.double() + step.reshape(x.shape)).to(x.dtype)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return self.model((c[:, : self.rank] @ self.basis_model.T).reshape((-1,) + self.shape))
+        return self.reduced(c[:, : self.rank])
 
 
 def span_view(model: "Classifier", x: torch.Tensor, bounds: tuple[float, float]) -> SpanView | None:
@@ -700,7 +721,7 @@ def span_view(model: "Classifier", x: torch.Tensor, bounds: tuple[float, float])
     if hp.units + 1 >= x[0].numel():
         return None
     q, _ = torch.linalg.qr(hp.weight.detach().T)
-    return SpanView(model, q.to(x.device), tuple(x.shape[1:]), x.dtype)
+    return SpanView(model, q.to(x.device), tuple(x.shape[1:]))
 
 
 def polish(
