@@ -208,6 +208,21 @@ def _run_fast(
     verified: dict[str, bool] = {}
     worst = ~clean_correct[None, :].expand(n_r, n).clone()
     min_d = torch.where(clean_correct, torch.full((n,), float("inf")), torch.zeros(n))
+    def run_batch(spec: AttackSpec, sel: torch.Tensor, n_0: int, n_c: int, **extra: Any) -> int:
+        """Run ``spec`` on the points ``sel`` at ``radii[n_0:n_c]`` and merge its outcome into the
+        worst case: the cells it broke, and every radius above a distance it found (also below the
+        radii asked). Gives the number of points run."""
+        rad = radii[n_0:n_c]
+        out = spec.attack.run(model, x[sel], y[sel], rad, data=data, params=spec.params,
+                              seed=attack_seed(seed, spec.name) + int(sel[0]), **extra)
+        ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], rad, data)
+        verified[spec.name] = ok and verified.get(spec.name, True)
+        d = torch.where(clean_correct[sel], out.distances.float().cpu(), torch.zeros(len(sel)))
+        worst[n_0:n_c, sel] |= out.broken.cpu()
+        worst[:, sel] |= outcome_from_distances(radii, d).broken
+        min_d[sel] = torch.minimum(min_d[sel], d)
+        return len(sel)
+
     order = [s for s in attacks if getattr(s.attack, "minimization", False)]
     order += [s for s in attacks if not getattr(s.attack, "minimization", False)]
     closed: torch.Tensor | None = None  # R x N certified robust, once the minimisation attacks ran
@@ -249,32 +264,16 @@ def _run_fast(
                           low)
             for b0 in range(0, len(pts), batch_size):
                 sel = pts[b0 : b0 + batch_size]
-                out = spec.attack.run(model, x[sel], y[sel], radii, data=data, params=spec.params,  # type: ignore[call-arg]
-                                      seed=attack_seed(seed, spec.name) + int(sel[0]), bands=bands[sel])
-                ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], radii, data)
-                verified[spec.name] = ok and verified.get(spec.name, True)
-                d = torch.where(clean_correct[sel], out.distances.float().cpu(), torch.zeros(len(sel)))
-                worst[:, sel] |= out.broken.cpu() | outcome_from_distances(radii, d).broken
-                min_d[sel] = torch.minimum(min_d[sel], d)
-                done += len(sel)
+                done += run_batch(spec, sel, 0, n_r, bands=bands[sel])
                 progress(f"attack {spec.name}", done, total)
             jobs, walk = [], walk[:0]
         while len(jobs) or len(walk):
             first = n_r - worst[:, walk].sum(dim=0)
             jobs += [(walk[first == c], int(c) - 1, int(c) + 1) for c in first.unique().tolist()]
             for pts, n_0, n_c in jobs:
-                rad = radii[n_0:n_c]
                 for b0 in range(0, len(pts), batch_size):
                     sel = pts[b0 : b0 + batch_size]
-                    out = spec.attack.run(model, x[sel], y[sel], rad, data=data, params=spec.params,
-                                          seed=attack_seed(seed, spec.name) + int(sel[0]))
-                    ok = check_outcome(out, spec, model, x[sel], y[sel], clean_on_device[sel], rad, data)
-                    verified[spec.name] = ok and verified.get(spec.name, True)
-                    d = torch.where(clean_correct[sel], out.distances.float().cpu(), torch.zeros(len(sel)))
-                    worst[n_0:n_c, sel] |= out.broken.cpu()
-                    worst[:, sel] |= outcome_from_distances(radii, d).broken  # found below the radii asked
-                    min_d[sel] = torch.minimum(min_d[sel], d)
-                    done += len(sel)
+                    done += run_batch(spec, sel, n_0, n_c)
                     progress(f"attack {spec.name}", done, total)
             worst = torch.cummax(worst.int(), dim=0).values.bool()
             now = n_r - worst[:, walk].sum(dim=0)
