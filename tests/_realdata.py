@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: ``$FABENCH_DATA`` where set (the same layout, e.g. a copy carried to a GPU machine), else
+#: ``../shared/data`` next to the repository.
+SHARED_DATA = Path(os.environ.get("FABENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 MNIST_RAW = SHARED_DATA / "MNIST" / "raw"
 CIFAR_SUBSET = SHARED_DATA / "cifar-10-subset" / "cifar-10-batches-py"
 

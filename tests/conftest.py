@@ -14,6 +14,14 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 SMALL = {"k": 10, "d": 1500, "n_train": 500, "n_test": 200}
 
 
+@pytest.fixture(autouse=True)
+def _no_debug_traces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests check what a user sees: without the developer's ``FABENCH_DEBUG`` traces (set,
+    e.g., by ``scripts/gpu_checks.sh``), which turn every clean one-line error into a traceback.
+    A test of the traces sets it itself."""
+    monkeypatch.delenv("FABENCH_DEBUG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def small_params() -> dict[str, float]:
     return dict(SMALL)

@@ -8,6 +8,7 @@ For one unit per centre (the decoupled net) the pairwise direction flips at exac
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -133,7 +134,18 @@ def test_batched_line_search_equals_the_radius_by_radius_scan(budget: int) -> No
     assert torch.isfinite(ref).sum() > 30 and torch.isinf(ref).sum() > 0 and (ref == 0).sum() > 0
     assert torch.equal(torch.isinf(got), torch.isinf(ref))
     fin = torch.isfinite(ref)
-    assert torch.allclose(got[fin], ref[fin], rtol=1e-5, atol=40.0 / 16 / 2**20 + 1e-6)
+    close = torch.isclose(got, ref, rtol=1e-5, atol=40.0 / 16 / 2**20 + 1e-6)
+    # Where the two differ, the boundary is flat at float32 round-off: a point whose float64 margin
+    # stays within 1e-5 of zero over tens of micro-units of t, so that the batched and the
+    # one-by-one passes (other shapes, other kernels: seen with 16 threads on a GPU machine) read
+    # its sign differently. Anywhere else they must agree.
+    apart = (fin & ~close).nonzero().squeeze(1)
+    assert len(apart) <= 2, (got[apart], ref[apart])
+    m64 = copy.deepcopy(model).double()
+    for i in apart.tolist():
+        for t in (float(got[i]), float(ref[i])):
+            z = m64(x[i : i + 1].double() + t * u[i : i + 1].double())[0]
+            assert float((z[1] - z[0]).abs()) < 1e-5, (i, t, z)
 
 
 @pytest.mark.parametrize("recipe", ["binary", "fine"])

@@ -183,6 +183,7 @@ def test_interrupted_sweep_keeps_complete_records_and_a_rerun_runs_only_the_rest
 ) -> None:
     # jobs of a couple of seconds each, so that the signal sent after the first one lands while
     # others are still running (with instant jobs the sweep could finish first on a fast machine)
+    pytest.importorskip("ray")  # --jobs 2 runs on a local Ray
     path = write(tmp_path / "s.toml", TINY.replace("d=64", "d=512").replace("n_test=50", "n_test=1000")
                  + 'recipes = ["binary", "fine"]\nseeds = [0, 1, 2, 3, 4, 5]\n')
     env = {"OMP_NUM_THREADS": "1"}
