@@ -1,4 +1,4 @@
-"""Where the computation runs: the torch device, CPU threads and the attack batch size.
+"""Where the computation runs: the torch device, its float32 precision, CPU threads and the attack batch size.
 
 None of these enter a record's key (a result does not depend on them beyond floating-point
 round-off); they are recorded in the record's ``runtime`` so a reader knows how it was computed.
@@ -64,6 +64,35 @@ def describe_device(device: "torch.device | str") -> str:
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(dev)
+
+
+#: What :func:`full_precision` records for a CUDA device: float32 as IEEE float32, TF32 off.
+CUDA_PRECISION = "float32 (TF32 off)"
+
+
+def full_precision(device: "torch.device | str") -> str:
+    """Make float32 mean float32 on ``device``; returns what the record's ``runtime`` says.
+
+    On NVIDIA GPUs since Ampere, PyTorch runs cuDNN convolutions in TF32 by default (a 10-bit
+    mantissa; ``torch.backends.cudnn.conv.fp32_precision == "tf32"``): a GPU run of a convolutional
+    backbone would then be a reduced-precision run, its features, head training and attack
+    gradients off by about 1e-3 relative where the CPU's are off by 1e-7. fabench does not use
+    mixed precision, so on CUDA this turns TF32 off for cuDNN (convolutions, RNNs) and for CUDA
+    matrix products (the per-backend API of torch >= 2.9, else the ``allow_tf32`` flags). Like
+    :func:`set_threads`, process-wide. Elsewhere nothing is changed (``"float32"``).
+    """
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return "float32"
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9: one setting per backend
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"  # type: ignore[attr-defined]
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"  # type: ignore[attr-defined]
+    else:  # pragma: no cover - older torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return CUDA_PRECISION
 
 
 def module_device(module: "torch.nn.Module") -> "torch.device":

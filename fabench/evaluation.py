@@ -272,11 +272,13 @@ def reusable_record(out_dir: Path, res: Resolved, *, seed: int) -> tuple[Record 
 
 def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:
     """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
-    from fabench.device import attack_batch_size, describe_device, resolve_device, set_threads, tune_allocator
+    from fabench.device import (attack_batch_size, describe_device, full_precision, resolve_device, set_threads,
+                                tune_allocator)
     from fabench.models.classifier import cpu_twin
 
     device = resolve_device(cfg.device)
     runtime: dict[str, Any] = {"device": str(device), "device_name": describe_device(device),
+                               "precision": full_precision(device),
                                "threads": set_threads(cfg.threads),
                                "allocator": tune_allocator()}
     timings: dict[str, float] = {}

@@ -93,7 +93,7 @@ def worker_foolbox(spec: dict[str, Any]) -> dict[str, Any]:
 
     from fabench import registry
     from fabench.attacks.foolbox_attacks import import_foolbox
-    from fabench.device import resolve_device, tune_allocator
+    from fabench.device import full_precision, resolve_device, tune_allocator
     from fabench.evaluation import resolve
     from fabench.protocol import select_points
     from fabench.types import FitContext
@@ -101,6 +101,7 @@ def worker_foolbox(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = _config(spec)
     res = resolve(cfg)
     device = resolve_device(cfg.device)
+    full_precision(device)  # as fabench's own runs (no TF32 on a GPU)
     allocator = tune_allocator() if spec.get("allocator", "tuned") == "tuned" else "default"
     data = res.task.load(res.task_params, seed=cfg.seed, data_dir=cfg.data_dir)
     model = res.recipe.fit(data, res.recipe_params, context=FitContext(

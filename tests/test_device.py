@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
-from fabench.device import attack_batch_size, device_spec, resolve_device
+from fabench.device import CUDA_PRECISION, attack_batch_size, device_spec, full_precision, resolve_device
 from fabench.errors import ConfigError
 from fabench.evaluation import RunConfig, evaluate, resolve
 from fabench.records import Record
@@ -55,9 +56,52 @@ def test_runtime_is_recorded_and_not_keyed(tmp_path: Path) -> None:
     assert not reused
     assert rec.runtime["device"] == rec.runtime["device_name"] == "cpu"
     assert rec.runtime["threads"] == 1 and rec.runtime["batch_size"] == 16
+    assert rec.runtime["precision"] == "float32"
     # batches of 16 attack the same points as one batch of 500 would: the curve is the same
     rec2, _, _ = evaluate(_cfg(device="cpu", batch_size=500), out_dir=tmp_path, force=True)
     assert rec2.robust_accuracy == rec.robust_accuracy
+
+
+@pytest.fixture
+def precision_flags() -> Iterator[tuple[str, str, str]]:
+    """The process-wide float32 settings, restored after the test."""
+    keep = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+            torch.backends.cudnn.rnn.fp32_precision)
+    yield keep
+    (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+     torch.backends.cudnn.rnn.fp32_precision) = keep
+
+
+def test_full_precision_turns_tf32_off_for_cuda_only(precision_flags: tuple[str, str, str]) -> None:
+    # torch's default runs cuDNN convolutions in TF32 on Ampere and later GPUs
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    assert full_precision("cpu") == "float32"
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # a CPU run changes nothing
+    assert full_precision("cuda") == CUDA_PRECISION  # the flags need no GPU to be set
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_convolution_is_full_float32(precision_flags: tuple[str, str, str]) -> None:  # pragma: no cover - needs a GPU
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(16, 64, 32, 32)
+    ref = conv.double()(x.double())
+    conv = conv.float()
+
+    def error() -> float:
+        got = conv.cuda()(x.cuda()).double().cpu()
+        return float((got - ref).norm() / ref.norm())
+
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    tf32 = error()
+    full_precision("cuda")
+    ieee = error()
+    assert ieee < 1e-5, ieee
+    if torch.cuda.get_device_capability()[0] >= 8:  # TF32 hardware: the setting matters there
+        assert tf32 > 1e-4 > ieee, (tf32, ieee)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -65,6 +109,7 @@ def test_cuda_agrees_with_cpu(tmp_path: Path) -> None:  # pragma: no cover - nee
     cpu, _, _ = evaluate(_cfg(device="cpu"), out_dir=tmp_path / "cpu")
     gpu, _, _ = evaluate(_cfg(device="cuda"), out_dir=tmp_path / "gpu")
     assert gpu.runtime["device"].startswith("cuda")
+    assert gpu.runtime["precision"] == CUDA_PRECISION and torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert abs(gpu.clean_accuracy - cpu.clean_accuracy) <= 0.026  # one point of 40
     for r, v in cpu.robust_accuracy["worst"].items():
         assert abs(gpu.robust_accuracy["worst"][r] - v) <= 0.051  # two points of 40 (float round-off)
