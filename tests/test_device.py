@@ -99,7 +99,9 @@ def test_cuda_convolution_is_full_float32(precision_flags: tuple[str, str, str])
     tf32 = error()
     full_precision("cuda")
     ieee = error()
-    assert ieee < 1e-5, ieee
+    # float32 sums of 576 products: about 1e-6 (3e-5 leaves room for cuDNN's Winograd/FFT
+    # algorithms); TF32 rounds both factors to 11 significant bits: about 4e-4
+    assert ieee < 3e-5, ieee
     if torch.cuda.get_device_capability()[0] >= 8:  # TF32 hardware: the setting matters there
         assert tf32 > 1e-4 > ieee, (tf32, ieee)
 
