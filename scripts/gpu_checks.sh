@@ -95,7 +95,10 @@ for stage in "$@"; do
       timed tests-device ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider tests/test_device.py -rs ;;
     synthetic)
       for r in binary fine robust; do timed "synthetic-$r" 60 "${EV[@]}" --task synthetic --recipe $r; done
-      $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-synthetic.txt" ;;
+      # the stated tolerance: the same model, fabench's own random starts (drawn on the CPU): at
+      # most one point of 1000 at a radius, median distance to float32 round-off
+      $PY scripts/compare_records.py leaderboard/records "$RES" --tol-points 1 --tol-distance 1e-5 \
+        | tee "$LOGS/compare-synthetic.txt" ;;
     agree)  # AGREE_MNIST_RECIPES (default: binary fine); with FABENCH_CACHE_DIR set to a carried copy of
       # the CPU's backbone cache, the GPU attacks the very backbones the published CPU records used
       # (the cache key does not hold the device)
@@ -103,7 +106,10 @@ for stage in "$@"; do
         timed "agree-mnist5v5-$r" 300 "${EV[@]}" --task mnist5v5 --recipe "$r" --n-eval 150
       done
       timed agree-cifar5v5 300 "${EV[@]}" --task cifar5v5 --recipe binary --n-eval 100
-      $PY scripts/compare_records.py leaderboard/records "$RES" | tee "$LOGS/compare-real.txt" ;;
+      # the stated tolerance: pyautoattack draws its random starts on the device, so a few points
+      # fall either way (3 of 100-150 at a radius; median distance within 1e-3)
+      $PY scripts/compare_records.py leaderboard/records "$RES" --tol-points 3 --tol-distance 1e-3 \
+        | tee "$LOGS/compare-real.txt" ;;
     report) report | tee "$LOGS/report.txt" ;;
     probe)  # small real-data runs whose record timings show where the time goes
       timed probe-mnist5v5-binary-100 90 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 100 ;;
