@@ -41,14 +41,36 @@ def resolve_device(text: str | None = None) -> "torch.device":
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {spec}: no CUDA device is available here (use cpu or auto)")
+        cuda, why = _cuda_available()
+        if not cuda:
+            raise ConfigError(f"--device {spec}: " + (f"CUDA could not be initialised here ({why})" if why else
+                                                      "no CUDA device is available here") + " (use cpu or auto)")
         index = int(spec.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
     if spec == "mps" and not has_mps:
         raise ConfigError("--device mps: the MPS backend is not available here (use cpu or auto)")
     return torch.device(spec)
+
+
+def _cuda_available() -> tuple[bool, str]:
+    """``torch.cuda.is_available()``, and why not where a CUDA driver is there but failed.
+
+    A machine with a GPU can still fail to initialise CUDA (a driver older than torch's CUDA, an
+    address-space limit below what CUDA reserves: ``cudaGetDeviceCount`` then reports "out of
+    memory"). torch says so only in a warning and answers ``False``; here that warning's first
+    sentence becomes part of fabench's one-line error instead of a second message on stderr."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = bool(torch.cuda.is_available())
+    why = next((str(w.message) for w in caught if "CUDA" in str(w.message)), "")
+    why = re.sub(r"\s*\(Triggered internally at [^)]*\)\.?", "", why)
+    why = re.sub(r"Did you run some cuda functions[^?]*\?\s*", "", why)
+    return ok, " ".join(why.split())
 
 
 def describe_device(device: "torch.device | str") -> str:

@@ -291,7 +291,10 @@ def run_subprocess(case: Case, root: Path, *, timeout: float = 60) -> tuple[str,
     argv = argv_of(case, root)
     if argv[0] == "evaluate" and "--out" not in argv:
         argv += ["--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FABENCH_CACHE": str(root / "cache"), **env_of(case, root)}
+    # on the CPU: the address-space cap below is far under what CUDA reserves when it initialises
+    # (cudaGetDeviceCount then fails with "out of memory"), and the corpus is about inputs
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FABENCH_CACHE": str(root / "cache"), "FABENCH_DEVICE": "cpu",
+           **env_of(case, root)}
     if os.environ.get("CORPUS_PYTHONPATH"):  # measure another checkout (e.g. the code before a change)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["CORPUS_PYTHONPATH"], env.get("PYTHONPATH")]))
 

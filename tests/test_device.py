@@ -41,6 +41,27 @@ def test_auto_picks_what_is_there() -> None:
             resolve_device("cuda")
 
 
+def test_cuda_that_fails_to_initialise_is_one_line_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    def failing() -> bool:  # what torch does when cudaGetDeviceCount fails (here: an address-space cap)
+        warnings.warn("CUDA initialization: Unexpected error from cudaGetDeviceCount(). Did you run some cuda "
+                      "functions before calling NumCudaDevices() that might have already set an error? Error 2: "
+                      "out of memory (Triggered internally at /pytorch/c10/cuda/CUDAFunctions.cpp:119.)", UserWarning)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", failing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's warning must not escape beside fabench's error
+        with pytest.raises(ConfigError) as exc:
+            resolve_device("cuda")
+    assert str(exc.value) == ("--device cuda: CUDA could not be initialised here (CUDA initialization: Unexpected "
+                              "error from cudaGetDeviceCount(). Error 2: out of memory) (use cpu or auto)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no driver at all: no reason to give
+    with pytest.raises(ConfigError, match=r"^--device cuda:1: no CUDA device is available here \(use cpu or auto\)$"):
+        resolve_device("cuda:1")
+
+
 def test_batch_size_requested_or_default() -> None:
     cpu = torch.device("cpu")
     assert attack_batch_size(cpu, 3072, requested=7) == 7
