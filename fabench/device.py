@@ -58,8 +58,9 @@ def _cuda_available() -> tuple[bool, str]:
 
     A machine with a GPU can still fail to initialise CUDA (a driver older than torch's CUDA, an
     address-space limit below what CUDA reserves: ``cudaGetDeviceCount`` then reports "out of
-    memory"). torch says so only in a warning and answers ``False``; here that warning's first
-    sentence becomes part of fabench's one-line error instead of a second message on stderr."""
+    memory"). torch says so only in a warning and answers ``False``; here that warning, without
+    torch's boilerplate (its guess about earlier CUDA calls, the C++ source line), becomes part of
+    fabench's one-line error instead of a second message on stderr."""
     import warnings
 
     import torch
@@ -98,7 +99,7 @@ def full_precision(device: "torch.device | str") -> str:
     On NVIDIA GPUs since Ampere, PyTorch runs cuDNN convolutions in TF32 by default (a 10-bit
     mantissa; ``torch.backends.cudnn.conv.fp32_precision == "tf32"``): a GPU run of a convolutional
     backbone would then be a reduced-precision run, its features, head training and attack
-    gradients off by about 1e-3 relative where the CPU's are off by 1e-7. fabench does not use
+    gradients off by about 1e-4 to 1e-3 relative where the CPU's are off by about 1e-7. fabench does not use
     mixed precision, so on CUDA this turns TF32 off for cuDNN (convolutions, RNNs) and for CUDA
     matrix products (the per-backend API of torch >= 2.9, else the ``allow_tf32`` flags). Like
     :func:`set_threads`, process-wide. Elsewhere nothing is changed (``"float32"``).

@@ -208,6 +208,7 @@ def _run_fast(
     verified: dict[str, bool] = {}
     worst = ~clean_correct[None, :].expand(n_r, n).clone()
     min_d = torch.where(clean_correct, torch.full((n,), float("inf")), torch.zeros(n))
+
     def run_batch(spec: AttackSpec, sel: torch.Tensor, n_0: int, n_c: int, **extra: Any) -> int:
         """Run ``spec`` on the points ``sel`` at ``radii[n_0:n_c]`` and merge its outcome into the
         worst case: the cells it broke, and every radius above a distance it found (also below the
