@@ -641,7 +641,7 @@ class SpanView(TorchModule):  # a torch.nn.Module (made on first use: see fabenc
     ``d - r`` degrees of freedom, then normalised): APGD's own start, in distribution. The box of
     pixel tasks is not a function of ``c``: the view is for unbounded inputs (:func:`span_view`)."""
 
-    def __init__(self, model: "Classifier", basis: torch.Tensor, shape: tuple[int, ...]) -> None:
+    def __init__(self, model: "Classifier", basis: torch.Tensor) -> None:
         if basis.shape[0] <= basis.shape[1]:
             raise ValueError("SpanView needs a basis of fewer dimensions than the input (d > r)")
         import copy
@@ -649,7 +649,6 @@ class SpanView(TorchModule):  # a torch.nn.Module (made on first use: see fabenc
         from fabench.models.classifier import Classifier
 
         super().__init__()
-        self.shape = shape
         self.basis = basis.double()  # d x r
         d, self.rank = int(basis.shape[0]), int(basis.shape[1])
         self.ghost = d - self.rank  # dimensions the ghost coordinate stands for
@@ -721,7 +720,7 @@ def span_view(model: "Classifier", x: torch.Tensor, bounds: tuple[float, float])
     if hp.units + 1 >= x[0].numel():
         return None
     q, _ = torch.linalg.qr(hp.weight.detach().T)
-    return SpanView(model, q.to(x.device), tuple(x.shape[1:]))
+    return SpanView(model, q.to(x.device))
 
 
 def polish(
