@@ -129,7 +129,8 @@ def test_cnn_normalises_inside_and_attacks_see_pixels(mnist_small: TaskData, tmp
 
     s = setup_head(mnist_small, FAST, context=FitContext(seed=0, cache_dir=str(tmp_path)))
     assert s.backbone is not None
-    norm = s.backbone[0]
+    built = build_backbone(mnist_small, FAST, context=FitContext(seed=0, cache_dir=str(tmp_path)))
+    norm = built[0]  # type: ignore[index]
     assert abs(float(norm.mean.flatten()[0]) - float(mnist_small.x_train.mean())) < 1e-4
     model = Classifier(BinaryHead(s.dim, 3, init_std=0.1, generator=s.generator), s.backbone)
     x = mnist_small.x_test[:4].clone().requires_grad_(True)
@@ -141,7 +142,9 @@ def test_resnet18_cifar_stem(cifar_tiny: TaskData, tmp_path: Path, train_calls: 
     params = {**BACKBONE_PARAMS, "backbone": "resnet18", "backbone_epochs": 1, "backbone_batch_size": 20}
     s = setup_head(cifar_tiny, params, context=FitContext(seed=0, cache_dir=str(tmp_path)))
     assert s.z_train.shape == (40, 512) and train_calls == ["train backbone resnet18"]
-    body = s.backbone[1]  # type: ignore[index]
+    # what the evaluation runs: all 20 batch norms folded into their convolutions
+    assert s.info["backbone"]["inference"].startswith("20 of 20 batch norms folded, channels_last")
+    body = build_backbone(cifar_tiny, params, context=FitContext(seed=0, cache_dir=str(tmp_path)))[1]  # type: ignore[index]
     assert body.conv1.kernel_size == (3, 3) and body.conv1.stride == (1, 1)
     assert isinstance(body.maxpool, torch.nn.Identity)
 

@@ -192,6 +192,66 @@ def build_backbone(data: TaskData, params: Params, *, context: FitContext) -> nn
     return module
 
 
+def inference_form(
+    module: nn.Module, probe: torch.Tensor, *, device: "torch.device | str", tolerance: float = 1e-4,
+) -> tuple[nn.Module, str]:
+    """The frozen backbone as the evaluation runs it, and what was done (for the record).
+
+    Every eval-mode batch norm that follows a convolution (or linear layer) is folded into it
+    (``torch.fx``: the weights scaled by ``gamma / sqrt(var + eps)``, a bias added), and on a CPU
+    the activations of a convolutional net are kept in ``channels_last`` order, which oneDNN's
+    convolutions run faster. The function is the same up to float32 round-off; what changes is the
+    cost of the input gradient every attack step takes. Measured on this 2-core CPU (batches of
+    500): through ``mnist5v5``'s CNN 0.11 instead of 0.2 ms per image, through ``cifar5v5``'s
+    0.44 instead of 0.75 ms, through a ResNet-18 10% less.
+
+    The folded module is checked on ``probe`` (a few inputs): where its features differ from the
+    module's by more than ``tolerance`` (relative), or ``torch.fx`` cannot trace the module (a
+    plugin's control flow; tracing also skips forward hooks, which the check catches), the module
+    is returned as it is, with the reason. Only what clean accuracy, the attacks and the
+    feature-space protocol run is changed: the head trains on features of the module as built (and
+    cached), so a cache hit and a miss give the same head.
+    """
+    import warnings
+
+    from torch.fx.experimental.optimization import fuse
+
+    from fabench.models.cnn import ChannelsLast
+
+    module = module.eval()
+    n_bn = _batch_norms(module)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in module.modules())
+    channels_last = has_conv and torch.device(device).type == "cpu"
+    if not n_bn and not channels_last:
+        return module, "as built"
+    fast, done = module, []
+    if n_bn:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast = fuse(module)
+        except Exception as exc:  # noqa: BLE001 - a plugin's module need not be traceable
+            return module, f"as built (torch.fx cannot trace it: {type(exc).__name__})"
+        done.append(f"{n_bn - _batch_norms(fast)} of {n_bn} batch norms folded")
+    if channels_last:
+        fast = nn.Sequential(ChannelsLast(), fast.to(memory_format=torch.channels_last))
+        done.append("channels_last")
+    fast.eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        x = probe.to(module_device(module))
+        want, got = module(x).flatten(1), fast(x).flatten(1)
+        diff = float((got - want).norm() / want.norm().clamp_min(1e-30))
+    if not diff <= tolerance:
+        return module, f"as built (the folded module is {diff:.1e} apart on {len(probe)} inputs)"
+    return fast, f"{', '.join(done)} ({diff:.0e} apart on {len(probe)} training inputs)"
+
+
+def _batch_norms(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 @no_grad
 def head_inputs(
     module: nn.Module | None, x: torch.Tensor, *, batch_size: int = 512

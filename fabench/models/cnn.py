@@ -57,6 +57,13 @@ class FeatureNet(nn.Module):
         return nn.Sequential(self.normalize, self.body, nn.Flatten(1))
 
 
+class ChannelsLast(nn.Module):
+    """Hands the next layers a 4-d input in ``channels_last`` memory order (the values unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def _conv(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fabench._lazy import lazy, no_grad
 from fabench import cache
 from fabench.metrics import class_means
-from fabench.models.backbones import build_backbone, head_inputs
+from fabench.models.backbones import build_backbone, head_inputs, inference_form
 from fabench.recipes.training import convergence
 from fabench.types import FitContext, Params, TaskData
 
@@ -29,6 +29,8 @@ else:
     nn = lazy("torch.nn")
 
 FEATURES_CODE_VERSION = 1
+#: Training inputs on which the backbone's inference form is checked against the backbone.
+PROBE_INPUTS = 64
 
 
 @dataclass
@@ -91,7 +93,9 @@ def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSe
     """Build the frozen backbone, get the head's training inputs once (cached), seed the init.
 
     The backbone is built (trained, or loaded) and run on ``context.device``; the cached features
-    are CPU tensors, moved to ``context.device`` for the head's training."""
+    are CPU tensors, moved to ``context.device`` for the head's training. The backbone handed on
+    (to the classifier the evaluation runs) is its :func:`~fabench.models.backbones.inference_form`:
+    the same function up to round-off, cheaper to differentiate."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     backbone = build_backbone(data, params, context=context)
@@ -101,6 +105,9 @@ def setup_head(data: TaskData, params: Params, *, context: FitContext) -> HeadSe
     z, how = extract_features(backbone, data, context=context, timings=timings)
     info: dict[str, Any] = {"timings": timings, "backbone": {"name": str(params.get("backbone", "pixels")),
                                                              **build, "features_cache": how}}
+    if backbone is not None:  # the head trains on the features above, the evaluation runs this
+        backbone, info["backbone"]["inference"] = inference_form(
+            backbone, data.x_train[:PROBE_INPUTS], device=context.device)
     device = torch.device(context.device)
     return HeadSetup(backbone, z.to(device), torch.Generator().manual_seed(context.seed), info, device)
 
