@@ -181,6 +181,9 @@ def test_robustbench_import_does_not_need_autoattack() -> None:
 
 def test_robustbench_loads_a_local_checkpoint(cifar_tiny: TaskData, tmp_path: Path) -> None:
     """The real loading path (robustbench.utils.load_model) on a checkpoint saved where it looks."""
+    from fabench.models.zoo import import_robustbench_utils
+
+    import_robustbench_utils()  # a plain `import robustbench` needs `autoattack`, not on PyPI
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
@@ -195,6 +198,8 @@ def test_robustbench_loads_a_local_checkpoint(cifar_tiny: TaskData, tmp_path: Pa
     s = setup_head(cifar_tiny, params, context=FitContext(seed=0, cache_dir=str(tmp_path)))
     assert s.info["backbone"]["cache"] == "hit" and s.info["backbone"]["features_cache"] == "miss"
     assert s.z_train.shape == (40, 512)
+    # its features come from a forward hook, which torch.fx would skip: evaluated as built
+    assert s.info["backbone"]["inference"].startswith("as built (torch.fx cannot trace it: ")
     x = cifar_tiny.x_test[:4]
     with torch.no_grad():  # the hooked features are what the zoo model's last layer sees
         expected = reference.linear(s.backbone(x)) if hasattr(reference, "linear") else None  # type: ignore[misc]
