@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: $FABENCH_DEVICE, else auto); recorded, not part of the key")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
     ev.add_argument("--batch-size", type=int, default=0,
-                    help="points attacked together (default 0: 500 on CPU, from free memory on a GPU)")
+                    help="points attacked together (default 0: on a CPU 500, fewer where the model's "
+                         "largest activation would exceed 32 MiB; on a GPU from free memory)")
     ev.add_argument("--json", action="store_true", help="print exactly one JSON record on stdout")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)

@@ -272,8 +272,8 @@ def reusable_record(out_dir: Path, res: Resolved, *, seed: int) -> tuple[Record 
 
 def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress) -> Record:
     """Load the data, fit the recipe, run the protocol: the finished :class:`Record` (no I/O)."""
-    from fabench.device import (attack_batch_size, describe_device, full_precision, resolve_device, set_threads,
-                                tune_allocator)
+    from fabench.device import (activation_footprint, attack_batch_size, describe_device, full_precision,
+                                resolve_device, set_threads, tune_allocator)
     from fabench.models.classifier import cpu_twin
 
     device = resolve_device(cfg.device)
@@ -302,21 +302,27 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     # Stages inside the recipe (backbone training, feature extraction) report their own times.
     timings.update({f"train: {k}": float(v) for k, v in model.info.pop("timings", {}).items()})
     t0 = time.perf_counter()
-    report = feature_report(model.head.unit_weights(), model.head.unit_positive(), model.head.unit_labels(),
-                            model.head_features(data), data.positive_mask)
+    mu = model.head_features(data)
+    report = feature_report(model.head.unit_weights(), model.head.unit_positive(), model.head.unit_labels(), mu,
+                            data.positive_mask)
     timings["metrics"] = time.perf_counter() - t0
+    # The batch is chosen from the activations of the model the attacks run (measured on one test
+    # point, on the CPU: they do not depend on the device).
+    footprint = activation_footprint(model, data.x_test[:1]) if len(data.x_test) and not cfg.batch_size else None
     model.to(device)
     runtime["batch_size"] = attack_batch_size(device, data.x_test[0].numel() if len(data.x_test) else 1,
-                                              requested=cfg.batch_size)
+                                              requested=cfg.batch_size, footprint=footprint)
     result = run_protocol(model, data, res.attacks, radii=res.radii, n_eval=cfg.n_eval, seed=cfg.seed,
                           batch_size=runtime["batch_size"], device=device, mode=cfg.protocol, progress=progress)
     timings.update(result.timings)
     feature_space: dict[str, Any] = {}
     if not model.identity_backbone:  # the head alone, where the theory applies (on the same device)
         t0 = time.perf_counter()
+        # Its own batch: the head alone is small, whatever the backbone's activations.
+        runtime["feature_space_batch_size"] = attack_batch_size(device, mu.shape[1], requested=cfg.batch_size)
         feature_space = feature_space_protocol(model, data, res.attacks, n_eval=cfg.n_eval, seed=cfg.seed,
                                                mode=cfg.protocol, progress=progress, device=device,
-                                               batch_size=runtime["batch_size"])
+                                               batch_size=runtime["feature_space_batch_size"])
         timings["feature space"] = time.perf_counter() - t0
     # The certificate (float64, the head alone) is cheap: on the CPU, like the data, on the CPU twin
     # the exact attack used and on its batches, so the exact attack's work is reused (exact.py memo).

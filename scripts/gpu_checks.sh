@@ -20,6 +20,9 @@
 #   cifar      cifar5v5 binary on all 1017 test points of the subset, timed (backbone cached)
 #   resnet18   cifar5v5-resnet18 fine on all test points: the ResNet-18 trained on the GPU, timed
 #   suite      the whole test suite with FABENCH_DEVICE=cuda (Ray tests deselected)
+#   throughput scripts/gradient_throughput.py on the GPU: the input gradient of each shipped
+#              backbone per image, at batches up to 10000, against the GPU's matmul peak, and the
+#              attack batch fabench chooses there
 #
 # On a machine without network whose Python has torch but not foolbox or pyautoattack (such as
 # the GPU machines lent to fabench's developers), copy the pure-Python packages next to the
@@ -140,6 +143,9 @@ st.sort_stats("tottime").print_stats(40)
       timed cifar5v5-resnet18-fine-all ${RESNET_LIMIT:-540} "${EV[@]}" --task cifar5v5-resnet18 --recipe fine --n-eval 0 ;;
     suite)
       FABENCH_DEVICE=cuda timed suite 500 $PY -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short -k "not ray" tests ;;
+    throughput)
+      timed throughput 240 $PY scripts/gradient_throughput.py --device cuda --batches 256,1000,4000,10000 \
+        --images 20000 --rounds 3 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   pack

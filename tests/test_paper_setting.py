@@ -97,6 +97,24 @@ def test_feature_space_subrecord(records: dict[str, Record]) -> None:
         assert "feature space (head alone" in text
 
 
+def test_attack_batch_follows_the_backbone_activations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the attack batch keeps the model's largest activation (here the first conv stage of
+    a width-8 CNN on 28 x 28 digits: 8 x 28 x 28 floats per point) within the budget. With a budget
+    that holds 50 such points, the 80 points are attacked in batches of 50, and the head alone
+    (feature space, 128 floats per point) in the CPU's usual batch."""
+    from fabench import device
+
+    monkeypatch.setattr(device, "CPU_ACTIVATION_BUDGET", 50 * 4 * 8 * 28 * 28 + 4 * 100)
+    monkeypatch.setenv(store.OFFLINE_ENV, "1")
+    data_dir = make_data_dir(tmp_path / "data", cifar=False)
+    rec, _, _ = evaluate(RunConfig(task="mnist5v5", recipe="binary", n_eval=80, attacks=("analytic",),
+                                   overrides=SMALL, data_dir=str(data_dir), cache_dir=str(tmp_path / "cache")),
+                         out_dir=tmp_path / "out")
+    assert rec.runtime["batch_size"] == 50
+    assert rec.runtime["feature_space_batch_size"] == device.CPU_BATCH
+    assert rec.n_eval == 80 and rec.feature_space["n_eval"] == 80
+
+
 def test_convergence_criterion() -> None:
     """Flat tail: converged; a straight line, or training accuracy under the backbone's: a warning."""
     plateau = [1.0 / (1 + 0.5 * t) + 0.1 for t in range(200)]
