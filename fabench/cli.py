@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
     ev.add_argument("--batch-size", type=int, default=0,
                     help="points attacked together (default 0: on a CPU 500, fewer where the model's "
-                         "largest activation would exceed 32 MiB; on a GPU from free memory)")
+                         "largest activation would exceed 16 MiB; on a GPU from free memory)")
     ev.add_argument("--json", action="store_true", help="print exactly one JSON record on stdout")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)

@@ -24,9 +24,9 @@ _SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 CPU_BATCH = 500
 GPU_BATCH_RANGE = (32, 20_000)
 #: On the CPU, a smaller batch where the model's largest activation over the batch would exceed
-#: this many bytes (a server CPU's last-level cache; see :func:`attack_batch_size`), but never
-#: fewer than :data:`CPU_MIN_BATCH` points.
-CPU_ACTIVATION_BUDGET = 32 * 2**20
+#: this many bytes (half a server CPU's 32 MiB last-level cache, so that a layer's input and output
+#: fit in it together; see :func:`attack_batch_size`), but never fewer than :data:`CPU_MIN_BATCH`.
+CPU_ACTIVATION_BUDGET = 16 * 2**20
 CPU_MIN_BATCH = 32
 #: On a GPU, bytes per point reserved per float of the model's activations (all of them, kept for
 #: the backward pass, with room for their gradients and the attack's own copies).
@@ -222,14 +222,16 @@ def attack_batch_size(device: "torch.device", point_numel: int, *, requested: in
     """Points attacked together: ``requested`` if given, else chosen for the device.
 
     * On the CPU: :data:`CPU_BATCH`, or fewer where the model's largest activation (``footprint``,
-      float32) over the batch would exceed :data:`CPU_ACTIVATION_BUDGET`: beyond the last-level
-      cache an attack step streams its activations from main memory. Measured on a 2-core EPYC
-      (32 MiB L3, 2 threads), the input gradient per image (inference form, median of 5 rounds):
-      ``cifar5v5``'s CNN (128 KiB per point) 0.49 ms in batches of 500, 0.34 ms in batches of 64
-      to 250 (here 256); a CIFAR ResNet-18 (256 KiB) 13.6 ms at 512, 12.1 ms at 128 (here 128);
-      ``mnist5v5``'s CNN (49 KiB) 0.10 ms from 128 to 500 (here 500), 0.12 ms at 1000. The budget
-      is a constant, not this machine's cache size, so the batches (and with them the attacks'
-      random starts, seeded per batch) are the same on every CPU.
+      float32) over the batch would exceed :data:`CPU_ACTIVATION_BUDGET`: once a layer's input
+      and output overflow the last-level cache, an attack step streams its activations from main
+      memory. Measured on a 2-core EPYC (32 MiB L3, 2 threads), the input gradient per image
+      (inference form, medians of 5 to 9 interleaved rounds; separate runs vary by up to 30%):
+      ``cifar5v5``'s CNN (128 KiB per point) 0.43 to 0.49 ms in batches of 500, 0.34 to 0.38 ms in
+      batches of 64 to 128 (here 128); a CIFAR ResNet-18 (256 KiB) 12.1 to 13.6 ms at 500, 10.5
+      to 10.8 ms at 64 (here 64); ``mnist5v5``'s CNN (49 KiB; here 334) 0.10 to 0.16 ms at 500,
+      0.10 to 0.13 ms at 128 to 256. The budget is a constant, not this machine's cache size, so
+      the batches (and with them the attacks' random starts, seeded per batch) are the same on
+      every CPU.
     * On a GPU: what a quarter of its free memory holds at ~64 copies of a point or
       :data:`GPU_BYTES_PER_ACTIVATION` bytes per float of the model's activations, whichever is
       more (clipped to :data:`GPU_BATCH_RANGE`): a ResNet-18 keeps about 1.2 million floats per
