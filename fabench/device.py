@@ -224,14 +224,14 @@ def attack_batch_size(device: "torch.device", point_numel: int, *, requested: in
     * On the CPU: :data:`CPU_BATCH`, or fewer where the model's largest activation (``footprint``,
       float32) over the batch would exceed :data:`CPU_ACTIVATION_BUDGET`: once a layer's input
       and output overflow the last-level cache, an attack step streams its activations from main
-      memory. Measured on a 2-core EPYC (32 MiB L3, 2 threads), the input gradient per image
-      (inference form, medians of 5 to 9 interleaved rounds; separate runs vary by up to 30%):
-      ``cifar5v5``'s CNN (128 KiB per point) 0.43 to 0.49 ms in batches of 500, 0.34 to 0.38 ms in
-      batches of 64 to 128 (here 128); a CIFAR ResNet-18 (256 KiB) 12.1 to 13.6 ms at 500, 10.5
-      to 10.8 ms at 64 (here 64); ``mnist5v5``'s CNN (49 KiB; here 334) 0.10 to 0.16 ms at 500,
-      0.10 to 0.13 ms at 128 to 256. The budget is a constant, not this machine's cache size, so
-      the batches (and with them the attacks' random starts, seeded per batch) are the same on
-      every CPU.
+      memory. Measured on a 2-core EPYC (32 MiB L3, 2 threads; ``scripts/gradient_throughput.py``
+      and the README), the input gradient per image, inference form, range of the medians of
+      separate runs: ``cifar5v5``'s CNN (128 KiB per point; here 128) 0.33 to 0.40 ms in batches
+      of 64 to 128, 0.43 to 0.49 ms at 500, 0.60 ms at 1000; a CIFAR ResNet-18 (256 KiB; here 64)
+      10.5 to 10.8 ms at 64, 12.1 to 13.6 ms at 500; ``mnist5v5``'s CNN (49 KiB; here 334) 0.10
+      to 0.18 ms at every batch from 64 to 1000, within the runs' noise. The budget is a constant,
+      not this machine's cache size, so the batches (and with them the attacks' random starts,
+      seeded per batch) are the same on every CPU.
     * On a GPU: what a quarter of its free memory holds at ~64 copies of a point or
       :data:`GPU_BYTES_PER_ACTIVATION` bytes per float of the model's activations, whichever is
       more (clipped to :data:`GPU_BATCH_RANGE`): a ResNet-18 keeps about 1.2 million floats per
