@@ -21,7 +21,7 @@
 #   resnet18   cifar5v5-resnet18 fine on all test points: the ResNet-18 trained on the GPU, timed
 #   suite      the whole test suite with FABENCH_DEVICE=cuda (Ray tests deselected)
 #   throughput scripts/gradient_throughput.py on the GPU: the input gradient of each shipped
-#              backbone per image, at batches up to 10000, against the GPU's matmul peak, and the
+#              backbone per image, at batches up to 4000, against the GPU's matmul peak, and the
 #              attack batch fabench chooses there
 #
 # On a machine without network whose Python has torch but not foolbox or pyautoattack (such as
@@ -144,8 +144,8 @@ st.sort_stats("tottime").print_stats(40)
     suite)
       FABENCH_DEVICE=cuda timed suite 500 $PY -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short -k "not ray" tests ;;
     throughput)
-      timed throughput 240 $PY scripts/gradient_throughput.py --device cuda --batches 256,1000,4000,10000 \
-        --images 20000 --rounds 3 ;;
+      timed throughput 240 $PY scripts/gradient_throughput.py --device cuda --batches 256,1000,4000 \
+        --images 8000 --rounds 3 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   pack

@@ -32,7 +32,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from fabench.device import activation_footprint, attack_batch_size, resolve_device, set_threads  # noqa: E402
+from fabench.device import (activation_footprint, attack_batch_size, full_precision, resolve_device,  # noqa: E402
+                            set_threads)
 from fabench.evaluation import RunConfig, resolve  # noqa: E402
 from fabench.models.backbones import inference_form  # noqa: E402
 from fabench.models.cnn import resnet18_cifar, small_cnn  # noqa: E402
@@ -106,9 +107,11 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     threads = set_threads(args.threads)
+    precision = full_precision(device)  # as fabench runs: on CUDA, TF32 off
     batches = [int(b) for b in args.batches.split(",")]
     peak = matmul_peak(device)
-    print(f"{platform.processor() or platform.machine()}, {device}, {threads} threads, torch {torch.__version__}; "
+    print(f"{platform.processor() or platform.machine()}, {device} ({precision}), {threads} threads, "
+          f"torch {torch.__version__}; "
           f"float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
     rows = []
     for name in args.models.split(","):
