@@ -79,16 +79,20 @@ def gradient_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / len(x)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so the wall clock measures it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_peak(device: torch.device) -> float:
     a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
     best = float("inf")
     for i in range(13):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         if i >= 3:
             best = min(best, time.perf_counter() - t)
     return 2 * 2048**3 / best / 1e9
@@ -108,13 +112,21 @@ def main() -> None:
     device = resolve_device(args.device)
     threads = set_threads(args.threads)
     precision = full_precision(device)  # as fabench runs: on CUDA, TF32 off
-    batches = [int(b) for b in args.batches.split(",")]
+    names = args.models.split(",")
+    if unknown := [n for n in names if n not in MODELS]:
+        ap.error(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}")
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        ap.error(f"--batches {args.batches!r}: expected comma-separated integers")
+    if min(batches) < 1:
+        ap.error("--batches: every batch must be >= 1")
     peak = matmul_peak(device)
     print(f"{platform.processor() or platform.machine()}, {device} ({precision}), {threads} threads, "
           f"torch {torch.__version__}; "
           f"float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
     rows = []
-    for name in args.models.split(","):
+    for name in names:
         model, shape, what = build(name)
         n_img = args.images if name != "resnet18" else max(args.images // 4, max(batches))
         x = torch.rand(max(n_img, max(batches)), *shape)
@@ -127,13 +139,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for b in batches:
                 gradient(fast, xd[:b])  # warm
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync(device)
                 t = time.perf_counter()
                 for b0 in range(0, n_img, b):
                     gradient(fast, xd[b0 : b0 + b])
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync(device)
                 times[b].append((time.perf_counter() - t) / (len(range(0, n_img, b)) * b))
         for b in batches:
             per = statistics.median(times[b])

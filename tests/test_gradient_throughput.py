@@ -31,3 +31,13 @@ def test_mnist_cnn_gradient_flops_and_batch() -> None:
     macs = 784 * 16 * 9 + 196 * 32 * 16 * 9 + 49 * 64 * 32 * 9 + 576 * 128 + 128 * 2
     assert all(r[-5] == f"{4 * macs / 1e6:.1f}" for r in rows)
     assert all(float(r[-3]) > 0 for r in rows)  # ms per image
+
+
+def test_bad_arguments_get_one_line_errors() -> None:
+    for args, said in ((["--models", "mnist"], "unknown model(s) mnist: choose from mnist5v5, cifar5v5, resnet18"),
+                       (["--batches", "8,x"], "--batches '8,x': expected comma-separated integers"),
+                       (["--batches", "0"], "--batches: every batch must be >= 1")):
+        proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
+                              cwd=SCRIPT.parents[1])
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(said)
+        assert "Traceback" not in proc.stderr
