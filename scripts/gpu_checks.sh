@@ -13,6 +13,10 @@
 #              binary at the published configurations (seed 0), on the GPU, compared with the
 #              published CPU records; with FABENCH_CACHE_DIR a carried copy of the CPU's backbone
 #              cache (~/.cache/fabench/backbones), on the same backbones as the CPU
+#   drift      how far the GPU's features of the training images are from the CPU's, for the same
+#              mnist5v5 and cifar5v5 backbones (FABENCH_CACHE_DIR's when carried): the round-off
+#              level at which the two devices' heads train, to read against the CPU's table of
+#              scripts/roundoff_floor.py (how far such noise moves a configuration's numbers)
 #   probe      mnist5v5 binary on 100 points (90 s limit); profile: the same under cProfile, the
 #              functions by cumulative and own time in logs/profile-mnist.txt
 #   mnist      mnist5v5 on all 10000 test points, each recipe of MNIST_RECIPES (default: binary
@@ -113,6 +117,12 @@ for stage in "$@"; do
       # fall either way (3 of 100-150 at a radius; median distance within 1e-3)
       $PY scripts/compare_records.py leaderboard/records "$RES" --tol-points 3 --tol-distance 1e-3 \
         | tee "$LOGS/compare-real.txt" ;;
+    drift)
+      for t in mnist5v5 cifar5v5; do
+        timed "drift-$t" 300 $PY scripts/roundoff_floor.py --task "$t" --recipe binary --device cpu \
+          --compare-device cuda --noise '' --attacks analytic --n-eval 10 --cache-dir "$CACHE"
+        grep "^training features on" "$LOGS/drift-$t.log" | sed "s/^/$t: /" | tee -a "$LOGS/summary.txt"
+      done ;;
     report) report | tee "$LOGS/report.txt" ;;
     probe)  # small real-data runs whose record timings show where the time goes
       timed probe-mnist5v5-binary-100 90 "${EV[@]}" --task mnist5v5 --recipe binary --n-eval 100 ;;
