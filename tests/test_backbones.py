@@ -99,7 +99,7 @@ def test_cnn_trains_caches_and_reuses(mnist_small: TaskData, tmp_path: Path, tra
     assert train_calls == ["train backbone cnn"]
     assert second.info["backbone"]["cache"] == "hit" and second.info["backbone"]["features_cache"] == "hit"
     # where the cached weights were trained travels with them (the key holds no device)
-    assert first.info["backbone"]["trained_on"] == f"cpu, torch {torch.__version__}"
+    assert first.info["backbone"]["trained_on"] == f"cpu (1 thread), torch {torch.__version__}"
     assert second.info["backbone"]["trained_on"] == first.info["backbone"]["trained_on"]
     assert "backbone cnn (load)" in second.info["timings"] and "load features" in second.info["timings"]
     assert torch.equal(first.z_train, second.z_train)
@@ -232,8 +232,38 @@ def test_cache_entry_from_before_the_device_was_recorded_says_none(
     setup_head(mnist_small, FAST, context=ctx)
     (path,) = (tmp_path / "backbones").glob("*.pt")
     entry = cache.load_entry(path)
-    assert entry is not None and entry.pop("trained_on").startswith("cpu, torch ")
+    assert entry is not None and entry.pop("trained_on").startswith("cpu (1 thread), torch ")
     assert cache.save_entry(path, entry)  # as an older fabench wrote it
     again = setup_head(mnist_small, {**FAST, "m": 7}, context=ctx)
     assert train_calls == ["train backbone cnn"] and again.info["backbone"]["cache"] == "hit"
     assert again.info["backbone"]["trained_on"] is None
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_backbone_weights_do_not_depend_on_the_thread_count(
+    mnist_small: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned: bool
+) -> None:
+    """A CPU trains every backbone at ``TRAINING_THREADS`` threads, so ``--threads 1`` and
+    ``--threads 2`` train the same weights, bit for bit, and the process's count is restored after.
+    Unpinned (the control), the convolutions' weight gradients are summed in per-thread partial
+    sums and the same training ends elsewhere: the check can fail."""
+    import contextlib
+
+    from fabench.device import TRAINING_THREADS
+
+    if not pinned:
+        monkeypatch.setattr(trained, "training_threads", lambda device: contextlib.nullcontext(0))
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            s = setup_head(mnist_small, FAST, context=FitContext(seed=0, cache_dir=str(tmp_path / str(threads))))
+            assert s.info["backbone"]["cache"] == "miss" and torch.get_num_threads() == threads
+            weights.append(torch.cat([p.detach().flatten() for p in s.backbone.parameters()]))  # type: ignore[union-attr]
+    finally:
+        torch.set_num_threads(before)
+    assert TRAINING_THREADS == 1
+    if not pinned and torch.equal(weights[0], weights[1]):
+        pytest.skip("this CPU's kernels sum the weight gradients alike at 1 and 2 threads: no control here")
+    assert torch.equal(weights[0], weights[1]) == pinned

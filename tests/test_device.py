@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from fabench.device import (CPU_ACTIVATION_BUDGET, CPU_BATCH, CPU_MIN_BATCH, CUDA_PRECISION, GPU_BATCH_RANGE,
+from fabench.device import (TRAINING_THREADS, training_threads, CPU_ACTIVATION_BUDGET, CPU_BATCH, CPU_MIN_BATCH, CUDA_PRECISION, GPU_BATCH_RANGE,
                             GPU_BYTES_PER_ACTIVATION, Footprint, activation_footprint, attack_batch_size, device_spec,
                             full_precision, resolve_device)
 from fabench.errors import ConfigError
@@ -234,6 +234,22 @@ def test_recipes_train_on_the_context_device(recipe: str, device: str, tmp_path:
     reference = rec.fit(data, params, context=FitContext(seed=0, cache_dir=str(tmp_path), device="cpu"))
     for p, q in zip(model.head.parameters(), reference.head.parameters()):
         assert torch.allclose(p.detach().cpu(), q.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_training_threads_pins_the_cpu_and_restores_the_count() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with training_threads("cpu") as n:
+            assert n == TRAINING_THREADS == torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), training_threads(torch.device("cpu")):  # restored on errors too
+            raise RuntimeError("training failed")
+        assert torch.get_num_threads() == 2
+        with training_threads("cuda") as n:  # a GPU trains on the GPU: the CPU's count is left alone
+            assert n == torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_tune_allocator_is_done_once_and_recorded(tmp_path: Path) -> None:

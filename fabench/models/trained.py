@@ -22,14 +22,16 @@ from torch import nn
 
 from fabench import cache
 from fabench.errors import ConfigError
-from fabench.device import describe_device, module_device
+from fabench.device import describe_device, module_device, training_threads
 from fabench.models.cnn import FeatureNet
 from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 
 log = logging.getLogger(__name__)
 
-#: Bump when training code or architectures change: old cache entries are then ignored.
-BACKBONE_CODE_VERSION = 1
+#: Bump when training code or architectures change: old cache entries are then ignored. 2: a CPU
+#: trains at :data:`fabench.device.TRAINING_THREADS` threads (before, at the process's count, which
+#: changes the weights; entries of version 1 may have been trained at any count).
+BACKBONE_CODE_VERSION = 2
 
 AUGMENTATIONS = ("none", "crop", "crop+flip")
 
@@ -152,7 +154,7 @@ def cached_trained_backbone(
                     trained_on=entry.get("trained_on"))
         info["timings"] = {f"backbone {name} (load)": time.perf_counter() - t0}
     else:
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), training_threads(context.device) as threads:
             torch.manual_seed(context.seed)
             losses = train_fine_labels(
                 net, data, epochs=int(settings["backbone_epochs"]), lr=float(settings["backbone_lr"]),
@@ -163,8 +165,12 @@ def cached_trained_backbone(
         train_time = time.perf_counter() - t0
         test_acc = accuracy(net, data.x_test, data.fine_test)
         # The key holds no device: a backbone trained on a GPU serves CPU runs and the reverse. The
-        # weights differ by what round-off does to training, so the entry says where it was trained.
-        trained_on = f"{describe_device(context.device)}, torch {torch.__version__}"
+        # weights differ by what round-off does to training, so the entry says where it was trained
+        # (on a CPU, with how many threads: always TRAINING_THREADS, said so the entry explains itself).
+        where = describe_device(context.device)
+        if torch.device(context.device).type == "cpu":
+            where += f" ({threads} thread{'s' if threads != 1 else ''})"
+        trained_on = f"{where}, torch {torch.__version__}"
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         saved = cache.save_entry(path, {"state_dict": state, "test_accuracy": test_acc,
                                         "epoch_losses": losses, "trained_on": trained_on})
