@@ -201,9 +201,9 @@ def inference_form(
     (``torch.fx``: the weights scaled by ``gamma / sqrt(var + eps)``, a bias added), and on a CPU
     the activations of a convolutional net are kept in ``channels_last`` order, which oneDNN's
     convolutions run faster. The function is the same up to float32 round-off; what changes is the
-    cost of the input gradient every attack step takes. Measured on this 2-core CPU (batches of
-    500): through ``mnist5v5``'s CNN 0.11 instead of 0.2 ms per image, through ``cifar5v5``'s
-    0.44 instead of 0.75 ms, through a ResNet-18 10% less.
+    cost of the input gradient every attack step takes. Measured on a 2-core CPU: through
+    ``mnist5v5``'s CNN 0.11 instead of 0.2 ms per image and through ``cifar5v5``'s 0.44 instead
+    of 0.75 ms (batches of 500), through a ResNet-18 10% less (batches of 64).
 
     The folded module is checked on ``probe`` (a few inputs): where its features differ from the
     module's by more than ``tolerance`` (relative), or ``torch.fx`` cannot trace the module (a
