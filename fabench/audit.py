@@ -25,8 +25,10 @@ the protocol's, by how much (robust accuracy, same points; the gap is never nega
 including ``name`` in run order (minimisation attacks first; the report's columns follow it, so
 they never increase left to right, and the last one equals ``strong["worst"]``), not the attack's
 own curve.
-The result is written atomically next to the record as ``<record>.audit`` with the record's key,
-so the leaderboard can show whether a row was audited and the largest gap found.
+The result is written atomically next to the record as ``<record>.audit`` with the record's key
+and a digest of the numbers it vouches for (:func:`record_digest`), so the leaderboard can show
+whether a row was audited and the largest gap found; once the record is recomputed with other
+numbers (other code, another backbone), its audit no longer applies and is not shown.
 
 The strong suite (:data:`STRONG_ATTACKS`): AutoAttack's APGD-CE (100 iterations x 5 restarts,
 one run per radius: ``search=grid``; the default protocol's ``apgd`` is cheaper: 100 x 4, bisection),
@@ -38,6 +40,7 @@ heads on the input with at most 16 units; skipped otherwise).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +80,8 @@ class AuditResult:
     suite's worst case at radius ``r`` on the audited points (positive: the record overstated)."""
 
     record_key: str
+    record_digest: str
+    """:func:`record_digest` of the audited record: the audit applies to a record with these numbers."""
     n_eval: int
     radii: list[float]
     protocol: dict[str, float]
@@ -101,14 +106,32 @@ def audit_path(record_path: Path) -> Path:
     return record_path.with_name(record_path.stem + ".audit")
 
 
-def read_audit(record_path: Path, key: str) -> dict[str, Any] | None:
-    """The audit written for this record (``None`` when absent, unreadable or for another key)."""
+#: The fields of a record that an audit vouches for (its results and the model they describe).
+AUDITED_FIELDS = ("n_eval", "radii", "clean_accuracy", "robust_accuracy", "median_min_distance", "median_distance",
+                  "fa_score", "cosine_matrix", "certified", "feature_space")
+
+
+def record_digest(record: Record) -> str:
+    """SHA-256 of the record's :data:`AUDITED_FIELDS` (as JSON): the same configuration recomputed
+    with the same numbers keeps its digest (timings, provenance and runtime do not count), other
+    numbers change it."""
+    data = record.to_json()
+    payload = json.dumps({k: data.get(k) for k in AUDITED_FIELDS}, sort_keys=True, allow_nan=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def read_audit(record_path: Path, record: Record) -> dict[str, Any] | None:
+    """The audit written for this record: ``None`` when absent, unreadable, for another key, or
+    for other numbers (its ``record_digest`` is not :func:`record_digest` of ``record``, or it has
+    none: an audit written before fabench recorded it cannot be matched to the numbers)."""
     path = audit_path(record_path)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    return obj if isinstance(obj, dict) and obj.get("record_key") == key else None
+    if not isinstance(obj, dict) or obj.get("record_key") != record.key:
+        return None
+    return obj if obj.get("record_digest") == record_digest(record) else None
 
 
 def audit(
@@ -180,7 +203,7 @@ def audit(
     hard_acc = {r: float(a) for r, a in zip(radii, (~worst).float().mean(1))}
     gaps = {radius_key(r): round(base_acc[r] - hard_acc[r], 6) for r in radii}
     return AuditResult(
-        record_key=record.key, n_eval=len(base.indices), radii=radii,
+        record_key=record.key, record_digest=record_digest(record), n_eval=len(base.indices), radii=radii,
         protocol={radius_key(r): v for r, v in base_acc.items()},
         strong={**{s.name: curves[s.name] for s in strong}, "worst": {radius_key(r): v for r, v in hard_acc.items()}},
         gaps=gaps, max_gap=max(gaps.values()) if gaps else 0.0,

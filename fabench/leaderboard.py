@@ -84,12 +84,12 @@ def group_records(records: Iterable[Record]) -> list[Group]:
 
 def read_records(results: Path) -> list[Record]:
     """Every readable record below ``results`` (sorted by path), with its audit (``fabench audit``,
-    ``<record>.audit``) summarised in memory as ``flags["audit"]``."""
+    ``<record>.audit``, if it is of this record's numbers) summarised in memory as ``flags["audit"]``."""
     from fabench.audit import read_audit
 
     out = []
     for path, rec in iter_records(results):
-        found = read_audit(path, rec.key)
+        found = read_audit(path, rec)
         if found is not None:
             rec.flags = {**rec.flags, "audit": {"max_gap": found.get("max_gap"), "n_eval": found.get("n_eval")}}
         out.append(rec)

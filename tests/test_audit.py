@@ -38,6 +38,26 @@ def test_audit_writes_a_keyed_result_that_the_leaderboard_shows(tmp_path: Path, 
     board = leaderboard.load(out)
     md = leaderboard.render(board)
     assert f"{result['max_gap']:.3f} (1/1)" in md
+    shown = f"{result['max_gap']:.3f} (1/1)"
+    # the audit is bound to the record's numbers, not only its key: a rerun that changes only the
+    # timings, provenance and runtime keeps it; other numbers under the same key drop it
+    rec["timings"] = {k: v + 1.0 for k, v in rec["timings"].items()}
+    rec["created"], rec["runtime"] = "2000-01-01T00:00:00+00:00", {**rec["runtime"], "threads": 99}
+    record.write_text(json.dumps(rec))
+    assert shown in leaderboard.render(leaderboard.load(out))
+    first = next(iter(rec["robust_accuracy"]["worst"]))
+    value = rec["robust_accuracy"]["worst"][first]
+    rec["robust_accuracy"]["worst"][first] = value - 0.01
+    record.write_text(json.dumps(rec))
+    assert shown not in leaderboard.render(leaderboard.load(out))
+    rec["robust_accuracy"]["worst"][first] = value
+    record.write_text(json.dumps(rec))
+    assert shown in leaderboard.render(leaderboard.load(out))
+    # an audit without the digest (written before fabench recorded it) cannot be matched: not shown
+    legacy = {k: v for k, v in result.items() if k != "record_digest"}
+    audit_file.write_text(json.dumps(legacy))
+    assert shown not in leaderboard.render(leaderboard.load(out))
+    audit_file.write_text(json.dumps(result))
     # the same record found by configuration instead of by path
     assert main(["audit", *SMALL, "--out", str(out), "--attacks", "analytic,pgd", "--set", "pgd.steps=3",
                  "--n-eval", "10", "--strong", "exact", "-q"]) == 0
