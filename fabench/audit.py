@@ -112,11 +112,14 @@ AUDITED_FIELDS = ("n_eval", "radii", "clean_accuracy", "robust_accuracy", "media
 
 
 def record_digest(record: Record) -> str:
-    """SHA-256 of the record's :data:`AUDITED_FIELDS` (as JSON): the same configuration recomputed
-    with the same numbers keeps its digest (timings, provenance and runtime do not count), other
-    numbers change it."""
+    """SHA-256 of the record's :data:`AUDITED_FIELDS` (as JSON; the feature space without its
+    timings): the same configuration recomputed with the same numbers keeps its digest (timings,
+    provenance, versions and runtime do not count), other numbers change it."""
     data = record.to_json()
-    payload = json.dumps({k: data.get(k) for k in AUDITED_FIELDS}, sort_keys=True, allow_nan=True)
+    fields = {k: data.get(k) for k in AUDITED_FIELDS}
+    if isinstance(fields["feature_space"], dict):  # its stage timings are not numbers it vouches for
+        fields["feature_space"] = {k: v for k, v in fields["feature_space"].items() if k != "timings"}
+    payload = json.dumps(fields, sort_keys=True, allow_nan=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

@@ -43,6 +43,9 @@ def test_audit_writes_a_keyed_result_that_the_leaderboard_shows(tmp_path: Path, 
     # timings, provenance and runtime keeps it; other numbers under the same key drop it
     rec["timings"] = {k: v + 1.0 for k, v in rec["timings"].items()}
     rec["created"], rec["runtime"] = "2000-01-01T00:00:00+00:00", {**rec["runtime"], "threads": 99}
+    rec["versions"] = {**rec["versions"], "platform": "another kernel"}
+    if isinstance(rec.get("feature_space"), dict):
+        rec["feature_space"]["timings"] = {"attack pgd": 123.0}
     record.write_text(json.dumps(rec))
     assert shown in leaderboard.render(leaderboard.load(out))
     first = next(iter(rec["robust_accuracy"]["worst"]))
