@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from fabench.records import Record, config_key, iter_records, radius_key, write_atomic
+from fabench.records import Record, RecordWarning, config_key, iter_records, radius_key, write_atomic
 
 FORMATS = ("markdown", "csv", "json")
 TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
@@ -85,11 +86,15 @@ def group_records(records: Iterable[Record]) -> list[Group]:
 def read_records(results: Path) -> list[Record]:
     """Every readable record below ``results`` (sorted by path), with its audit (``fabench audit``,
     ``<record>.audit``, if it is of this record's numbers) summarised in memory as ``flags["audit"]``."""
-    from fabench.audit import read_audit
+    from fabench.audit import audit_path, read_audit
 
     out = []
     for path, rec in iter_records(results):
         found = read_audit(path, rec)
+        if found is None and audit_path(path).exists():
+            warnings.warn(f"fabench: {audit_path(path)} is not an audit of this record's numbers (recomputed "
+                          "since, or written before audits were bound to them): not shown; run `fabench audit` "
+                          "on the record again", RecordWarning, stacklevel=2)
         if found is not None:
             rec.flags = {**rec.flags, "audit": {"max_gap": found.get("max_gap"), "n_eval": found.get("n_eval")}}
         out.append(rec)
