@@ -60,7 +60,10 @@ def compare(a: Record, b: Record) -> dict[str, Any]:
     radius_points = {r: round(abs(wa[r] - wb[r]) * n) for r in wa}
     worst_r = max(radius_points, key=lambda r: radius_points[r]) if radius_points else ""
     ma, mb = a.median_min_distance, b.median_min_distance
-    rel = abs(ma - mb) / abs(ma) if ma and math.isfinite(ma) and math.isfinite(mb) else (0.0 if ma == mb else math.inf)
+    if ma is not None and mb is not None and ma and math.isfinite(ma) and math.isfinite(mb):
+        rel = abs(ma - mb) / abs(ma)
+    else:  # no distance (None), zero or infinite: equal or not
+        rel = 0.0 if ma == mb else math.inf
     return {
         "task": a.task, "recipe": a.recipe, "seed": a.seed, "n": n,
         "devices": f"{a.runtime.get('device', '?')} / {b.runtime.get('device', '?')}",
