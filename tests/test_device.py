@@ -8,9 +8,9 @@ from typing import Iterator
 import pytest
 import torch
 
-from fabench.device import (TRAINING_THREADS, training_threads, CPU_ACTIVATION_BUDGET, CPU_BATCH, CPU_MIN_BATCH, CUDA_PRECISION, GPU_BATCH_RANGE,
-                            GPU_BYTES_PER_ACTIVATION, Footprint, activation_footprint, attack_batch_size, device_spec,
-                            full_precision, resolve_device)
+from fabench.device import (CPU_ACTIVATION_BUDGET, CPU_BATCH, CPU_MIN_BATCH, CUDA_PRECISION, GPU_BATCH_RANGE,
+                            GPU_BYTES_PER_ACTIVATION, TRAINING_THREADS, Footprint, activation_footprint,
+                            attack_batch_size, device_spec, full_precision, resolve_device, training_threads)
 from fabench.errors import ConfigError
 from fabench.evaluation import RunConfig, evaluate, resolve
 from fabench.records import Record
