@@ -91,8 +91,8 @@ def read_records(results: Path) -> list[Record]:
     out = []
     for path, rec in iter_records(results):
         found = read_audit(path, rec)
-        if found is None and audit_path(path).exists():
-            warnings.warn(f"fabench: {audit_path(path)} is not an audit of this record's numbers (recomputed "
+        if found is None and (apath := audit_path(path)).exists():
+            warnings.warn(f"fabench: {apath} is not an audit of this record's numbers (recomputed "
                           "since, or written before audits were bound to them): not shown; run `fabench audit` "
                           "on the record again", RecordWarning, stacklevel=2)
         if found is not None:

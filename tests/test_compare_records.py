@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from _scripts import load_script
 from fabench.evaluation import RunConfig, evaluate
 from fabench.records import write_record
 
@@ -16,12 +16,7 @@ SMALL = (("d", 48), ("n_train", 80), ("n_test", 40))
 
 
 def _script() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_records.py"
-    spec = importlib.util.spec_from_file_location("compare_records", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_records")
 
 
 def test_compare_records_pairs_by_key_and_counts_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -206,13 +206,10 @@ def test_published_leaderboard_regenerates_exactly(tmp_path: Path) -> None:
 
 def test_readme_results_tables_are_the_published_ones() -> None:
     """README.md's Results tables (between `<!-- results:TASK -->` markers) equal leaderboard/README.md's."""
-    import importlib.util
+    from _scripts import load_script
 
     root = PUBLISHED.parent
-    spec = importlib.util.spec_from_file_location("readme_results", root / "scripts" / "readme_results.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("readme_results")
     readme = (root / "README.md").read_text()
     tables = mod.leaderboard_tables((PUBLISHED / "README.md").read_text())
     assert {"synthetic", "mnist5v5", "cifar5v5"} <= set(tables)

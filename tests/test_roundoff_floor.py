@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "roundoff_floor.py"
+from _scripts import SCRIPTS, load_script
+
+SCRIPT = SCRIPTS / "roundoff_floor.py"
 SMALL = ["--task", "synthetic", "--recipe", "fine", "--set", "d=64", "--set", "n_train=120", "--set", "n_test=60",
          "--attacks", "analytic,pgd", "--threads", "1"]
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("roundoff_floor", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("roundoff_floor")
 
 
 def test_noise_zero_reproduces_the_run_and_noise_moves_the_head(capsys: pytest.CaptureFixture[str]) -> None:
