@@ -48,9 +48,10 @@ models it cannot solve (``exact.strict = False``), asked for by name it refuses 
 flips through a CNN backbone that PGD misses: on ``mnist5v5`` seed 0 (100 points) the protocol
 without it was up to 0.07 (binary) / 0.09 (fine) above the audit's strong suite; with it the
 audit's gap is at most 0.01 at every radius (100 x 3 left 0.02 on fine; 100 x 2 and 50 x 3, 0.03).
-In the default list ``apgd`` claims nothing on the models ``exact`` solves (``apgd.skip_solved``:
-two-layer heads on the input with at most 16 units, e.g. the synthetic task), where the audits
-found no gap without it and it would cost about 10x the rest of the protocol."""
+In the default list ``apgd`` claims nothing on the models ``exact`` solves on an unbounded input
+(``apgd.skip_solved``: two-layer heads on the input with at most 16 units, e.g. the synthetic
+task), where the audits found no gap without it and it would cost about 10x the rest of the
+protocol; on pixels, where ``exact`` ignores the box and gives only an upper bound, it runs."""
 DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "apgd": {"steps": 100, "restarts": 4, "search": "bisect", "skip_solved": True},
     "exact": {"strict": False},

@@ -278,8 +278,12 @@ def test_apgd_bisect_is_never_weaker_than_its_grid_and_every_claim_is_verified()
 
 
 def test_apgd_skip_solved_claims_nothing_only_where_exact_solves_the_model(clean_data) -> None:
-    """The default protocol's ``apgd.skip_solved``: silent on a two-layer head on the input (where
-    ``exact`` gives the ground truth), a real attack through a backbone."""
+    """The default protocol's ``apgd.skip_solved``: silent on a two-layer head on an unbounded input
+    (where ``exact`` gives the ground truth), a real attack through a backbone and on a head of
+    pixels in ``[0, 1]`` (where ``exact`` ignores the box: an upper bound only)."""
+    from types import SimpleNamespace
+
+    from fabench.attacks.exact import solves
     apgd = registry.attacks.get("apgd")
     exact = registry.attacks.get("exact")
     params = {**apgd.meta.params, "steps": 20, "restarts": 1, "search": "bisect", "skip_solved": True}
@@ -296,6 +300,18 @@ def test_apgd_skip_solved_claims_nothing_only_where_exact_solves_the_model(clean
     cnn, xc, yc, data = tiny_cnn()
     through = apgd.run(cnn, xc, yc, [0.0, 1.0, 2.0], data=data, seed=0, params=params)
     assert through.broken[-1].any()  # a backbone: exact does not solve it, apgd runs
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        head = Classifier(BinaryHead(144, 4, init_std=0.1)).eval()
+        xp = torch.rand(40, 144)
+    with torch.no_grad():
+        yp = (head.margin(xp) > 0).long()
+    assert solves(head)  # exact takes it, but on pixels the box may bind: apgd runs
+    boxed = apgd.run(head, xp, yp, [0.0, 1.0, 2.0], data=SimpleNamespace(bounds=(0.0, 1.0)), seed=0, params=params)
+    assert boxed.broken[-1].any()
+    unboxed = apgd.run(head, xp, yp, [0.0, 1.0, 2.0], data=SimpleNamespace(bounds=(-math.inf, math.inf)), seed=0,
+                       params=params)
+    assert not unboxed.broken.any()
 
 
 def test_apgd_l2_gives_each_point_its_own_radius(clean_data) -> None:
