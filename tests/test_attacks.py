@@ -284,6 +284,7 @@ def test_apgd_skip_solved_claims_nothing_only_where_exact_solves_the_model(clean
     from types import SimpleNamespace
 
     from fabench.attacks.exact import solves
+
     apgd = registry.attacks.get("apgd")
     exact = registry.attacks.get("exact")
     params = {**apgd.meta.params, "steps": 20, "restarts": 1, "search": "bisect", "skip_solved": True}
