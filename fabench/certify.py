@@ -57,16 +57,10 @@ class Certificate:
 
 
 def _head_view(model: "Classifier") -> PiecewiseHead | None:
-    """The head as a two-layer piecewise head, ignoring the unit limit and the backbone."""
-    if not getattr(model, "identity_backbone", False):
-        saved = model.identity_backbone
-        try:
-            model.identity_backbone = True
-            return _head_view(model)
-        finally:
-            model.identity_backbone = saved
+    """The head as a two-layer piecewise head, ignoring the unit limit and the backbone; ``None``
+    where it is none (or :func:`~fabench.attacks.exact.unfaithful` to its weights)."""
     try:
-        return piecewise_head(model, max_units=10**9)
+        return piecewise_head(model, max_units=10**9, head_only=not getattr(model, "identity_backbone", False))
     except ConfigError:
         return None
 

@@ -18,7 +18,7 @@ from fabench._lazy import lazy, lazy_attr
 from fabench import params as P
 from fabench import registry
 from fabench.certify import certify
-from fabench.errors import ConfigError, PluginError, UnknownNameError
+from fabench.errors import ConfigError, InvalidOutcomeError, PluginError, UnknownNameError
 from fabench.flags import sanity_flags
 from fabench.metrics import feature_report
 from fabench.models.backbones import effective_params, head_inputs
@@ -30,7 +30,9 @@ from fabench.records import (
 )
 from fabench.taskfiles import load_task_file
 from fabench.types import Attack, FitContext, ProgressFn, Task, TaskData, no_progress
-from fabench.validation import BUILTIN_SOURCE, GuardedAttack, check_seed, guarded, who
+from fabench.validation import (
+    BUILTIN_SOURCE, GuardedAttack, check_seed, check_unchanged, guarded, model_fingerprint, eval_data_fingerprint, who,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
     import torch
@@ -290,6 +292,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
             raise PluginError(f"{who('task', res.task_name, res.task.meta.source)} returned "
                               f"{type(data).__name__}, not a fabench.types.TaskData")
     timings["data"] = time.perf_counter() - t0
+    data_print = eval_data_fingerprint(data)  # nothing after this may change the test data
     t0 = time.perf_counter()
     context = FitContext(seed=cfg.seed, progress=progress, cache_dir=cfg.cache_dir, data_dir=cfg.data_dir,
                          device=str(device))
@@ -300,6 +303,8 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
                               f"{type(model).__name__}, not a fabench.models.Classifier")
         model.cpu().eval()  # the metrics are computed on the CPU, the attacks on ``device``
     timings["train"] = time.perf_counter() - t0
+    fit_by = who("recipe", res.recipe_name, res.recipe.meta.source)
+    check_unchanged(data_print, eval_data_fingerprint(data), what="the task's test data", during=f"{fit_by}'s fit()")
     # Stages inside the recipe (backbone training, feature extraction) report their own times.
     timings.update({f"train: {k}": float(v) for k, v in model.info.pop("timings", {}).items()})
     t0 = time.perf_counter()
@@ -310,6 +315,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
     # The batch is chosen from the activations of the model the attacks run (measured on one test
     # point, on the CPU: they do not depend on the device).
     footprint = activation_footprint(model, data.x_test[:1]) if len(data.x_test) and not cfg.batch_size else None
+    model_print = model_fingerprint(model)  # the attacks (and the model itself) must leave it as it is
     model.to(device)
     runtime["batch_size"] = attack_batch_size(device, data.x_test[0].numel() if len(data.x_test) else 1,
                                               requested=cfg.batch_size, footprint=footprint)
@@ -325,6 +331,8 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
                                                mode=cfg.protocol, progress=progress, device=device,
                                                batch_size=runtime["feature_space_batch_size"])
         timings["feature space"] = time.perf_counter() - t0
+    check_unchanged(data_print, eval_data_fingerprint(data), what="the task's test data", during="the attacks")
+    check_unchanged(model_print, model_fingerprint(model), what=f"the model of {fit_by}", during="the attacks")
     # The certificate (float64, the head alone) is cheap: on the CPU, like the data, on the CPU twin
     # the exact attack used and on its batches, so the exact attack's work is reused (exact.py memo).
     t0 = time.perf_counter()
@@ -386,6 +394,8 @@ def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str], batch_s
     cert = certify(model, x, y, max_radius=2 * max(max(result.radii), 1e-6), batch_size=batch_size)
     certified: dict[str, Any] = {}
     acc: dict[float, float] | None = None
+    if cert is not None and cert.space == "input":
+        check_certificate(cert.radius, result, names=names)
     if cert is not None:
         acc = cert.accuracy(result.radii)
         certified = {"space": cert.space, "method": cert.method,
@@ -395,6 +405,29 @@ def bracket(model: Any, data: Any, result: Any, *, names: Sequence[str], batch_s
                          acc if cert is not None and cert.space == "input" else None,
                          clean_correct=result.clean_correct)
     return certified, flags
+
+
+#: Relative margin of :func:`check_certificate`: a claimed distance counts as below a certified
+#: radius only below ``radius * (1 - CONTRADICTION_RTOL)`` (float32 attacks, float64 bounds; the
+#: exact regions' own tolerance is 1e-4).
+CONTRADICTION_RTOL = 1e-3
+
+
+def check_certificate(radius: "torch.Tensor", result: Any, *, names: Sequence[str]) -> None:
+    """No attack may claim a point closer than its certified radius (a sound lower bound in the
+    input space): such a claim is false, or the model does not compute what its weights say.
+    Raises :class:`InvalidOutcomeError` naming the attacks and the first such point."""
+    bound = radius.double() * (1 - CONTRADICTION_RTOL)
+    below = result.clean_correct & (result.min_distance.double() < bound)
+    if not bool(below.any()):
+        return
+    j = int(below.nonzero()[0, 0])
+    who_ = [n for n in names if float(result.outcomes[n].distances[j]) < float(bound[j])]
+    raise InvalidOutcomeError(
+        f"{', '.join(who_) or 'the attacks'} claim{'s' if len(who_) == 1 else ''} test point {int(result.indices[j])} "
+        f"at distance {float(result.min_distance[j]):.6g}, below its certified radius {float(radius[j]):.6g} "
+        f"({int(below.sum())} such points): a claim is false or the model does not compute what its weights "
+        "say; no record was written")
 
 
 #: Feature-space radii, as fractions of the median distance between two head-space class means

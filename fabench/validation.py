@@ -7,8 +7,13 @@ code enters a record it is checked here:
   dtypes, the radii that were asked, no NaN, is monotone in the radius, its ``broken`` agrees
   with its ``distances`` (a point claimed broken at ``r`` has a distance ``<= r``; for a
   minimisation attack also the converse), and a distance of 0 only for a point the model already
-  misclassifies. When the attack returns ``adversarials``, every claim is *verified on the
-  model*: the example is misclassified, inside the input bounds and within the claimed distance.
+  misclassifies, and nothing at radius 0 for a point the model classifies correctly. When the
+  attack returns ``adversarials``, every claim is *verified on the model*: the example is
+  misclassified, inside the input bounds and within the claimed distance. A plugin's attack must
+  return them for every claim (only fabench's own attacks may claim unverified distances).
+* :class:`GuardedAttack`: a plugin's attack runs on copies of the points, labels and model
+  (what it does to them cannot reach what fabench checks its claims on), and torch's global
+  settings it changes (default dtype, grad mode, threads) are restored after each call.
 * :func:`guarded`: an exception raised inside a plugin's ``load``/``fit``/``run`` becomes one
   :class:`~fabench.errors.PluginError` naming the plugin and its distribution.
 * :func:`check_bounds`: a parameter value against its owner's declared ``Meta.bounds`` and
@@ -34,8 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover
 BUILTIN_SOURCE = "fabench"
 #: Relative slack when comparing a distance with a radius (float32 round-off); as attacks.base.
 RADIUS_RTOL = 1e-5
-#: Absolute slack (distances are float32; the built-in attacks allow 1e-6 over the radius).
+#: Absolute slack (distances are float32; the built-in attacks allow 1e-6 over the radius), at
+#: most :data:`RADIUS_ATOL_REL` times the points' median norm (so it stays round-off on inputs of
+#: any scale: on a task scaled by 1e-5 a fixed 1e-5 would be a whole adversarial step).
 RADIUS_ATOL = 1e-5
+RADIUS_ATOL_REL = 1e-6
 #: The largest radius grid fabench accepts (every radius is a column of every record).
 MAX_RADII = 10_000
 #: The largest radius accepted: L2 distances beyond it are not a meaningful robustness question
@@ -170,6 +178,8 @@ def validate_outcome(
         raise fail(f"distances has shape {tuple(d.shape)}, expected ({n},)")
     b, d = b.detach().cpu(), d.detach().cpu().double()
     correct = clean_correct.detach().cpu()
+    scale = float(x.detach().flatten(1).norm(dim=1).median().cpu()) if n else 0.0
+    atol = min(RADIUS_ATOL, RADIUS_ATOL_REL * scale) if math.isfinite(scale) else RADIUS_ATOL
     if torch.isnan(d).any():
         raise fail(f"{int(torch.isnan(d).sum())} distances are NaN (use inf for 'none found')")
     if (d < 0).any():
@@ -180,13 +190,17 @@ def validate_outcome(
         k = int((correct & (d == 0)).sum())
         raise fail(f"distance 0 for {k} points the model classifies correctly")
     r = torch.tensor([float(v) for v in radii], dtype=torch.float64)[:, None]
-    within = d[None, :] <= r * (1 + RADIUS_RTOL) + RADIUS_ATOL
-    below = d[None, :] < r * (1 - RADIUS_RTOL) - RADIUS_ATOL
+    within = d[None, :] <= r * (1 + RADIUS_RTOL) + atol
+    below = d[None, :] < r * (1 - RADIUS_RTOL) - atol
     # Judged on correctly classified points: clean errors are broken everywhere by the protocol.
     claim_without = b & ~within & correct[None, :]
     if claim_without.any():
         i, j = claim_without.nonzero()[0].tolist()
         raise fail(f"point {j} is claimed broken at radius {radii[i]:g} but its distance is {float(d[j]):g}")
+    at_zero = b[r[:, 0] <= 0].any(dim=0) & correct
+    if at_zero.any():
+        j = int(at_zero.nonzero()[0, 0])
+        raise fail(f"point {j} is claimed broken at radius 0 but the model classifies it correctly")
     if minimization:
         unmarked = ~b & below & correct[None, :]
         if unmarked.any():
@@ -194,6 +208,11 @@ def validate_outcome(
             raise fail(f"point {j} has distance {float(d[j]):g} but is not marked broken at radius {radii[i]:g}")
     adv = out.adversarials
     if adv is None:
+        claims = (b.any(dim=0) | torch.isfinite(d)) & correct
+        if source != BUILTIN_SOURCE and claims.any():
+            raise fail(f"it claims {int(claims.sum())} points without adversarial examples (a plugin's attack "
+                       "must return `adversarials` for every point it claims, so that fabench can check "
+                       "each claim on the model)")
         return False
     if not isinstance(adv, torch.Tensor) or tuple(adv.shape) != tuple(x.shape):
         raise fail(f"adversarials must be a tensor shaped like x {tuple(x.shape)}, "
@@ -208,7 +227,7 @@ def validate_outcome(
         if (a < lo - 1e-6).any() or (a > hi + 1e-6).any():
             raise fail(f"an adversarial example leaves the input bounds [{lo}, {hi}]")
         norms = (a - x[idx]).flatten(1).norm(dim=1).double().cpu()
-        far = norms > d[idx] * (1 + RADIUS_RTOL) + RADIUS_ATOL
+        far = norms > d[idx] * (1 + RADIUS_RTOL) + atol
         if far.any():
             j = int(idx[far.nonzero()[0, 0]])
             raise fail(f"the adversarial example of point {j} is at distance {float(norms[far][0]):g}, "
@@ -235,13 +254,71 @@ def check_outcome(
 
 
 class GuardedAttack:
-    """A plugin attack whose ``run`` turns any exception into a :class:`PluginError`."""
+    """A plugin attack, run at arm's length.
+
+    ``run`` hands the plugin copies of the model, the points and the labels, so nothing it does to
+    them (writing into ``x``, changing weights, replacing a method on the model) reaches the
+    objects fabench judges its claims on; torch's process-wide settings it may change (default
+    dtype, grad mode, CPU threads) are restored after the call; any exception becomes one
+    :class:`PluginError`. (In-process code can still patch fabench itself: install only plugins
+    you trust; a plugin is imported only when a run names it, see :mod:`fabench.registry`.)"""
 
     def __init__(self, attack: Any, name: str, source: str) -> None:
         self._attack, self._name, self._source = attack, name, source
         self.meta = attack.meta
         self.minimization = bool(getattr(attack, "minimization", False))
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        with guarded("attack", self._name, self._source, "run"):
-            return self._attack.run(*args, **kwargs)
+    def run(self, model: Any, x: "torch.Tensor", y: "torch.Tensor", *args: Any, **kwargs: Any) -> Any:
+        import copy
+
+        import torch
+
+        dtype, grad, threads = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_num_threads()
+        try:
+            with guarded("attack", self._name, self._source, "run"):
+                return self._attack.run(copy.deepcopy(model), x.detach().clone(), y.detach().clone(),
+                                        *args, **kwargs)
+        finally:
+            torch.set_default_dtype(dtype)
+            torch.set_grad_enabled(grad)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+
+def tensors_fingerprint(*items: Any) -> str:
+    """SHA-256 of tensors (their dtype, shape and bytes, copied to the CPU) and plain values, in order."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            t = item.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(item).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def eval_data_fingerprint(data: Any) -> str:
+    """What of a :class:`~fabench.types.TaskData` the reported numbers are computed on: the test
+    points and labels, the features (the cosines), the classes and the input bounds."""
+    return tensors_fingerprint(data.x_test, data.fine_test, data.features, tuple(data.positive_classes),
+                               data.num_classes, tuple(data.bounds))
+
+
+def model_fingerprint(model: Any) -> str:
+    """Every parameter and buffer of a model (names, dtypes, shapes and values)."""
+    state = model.state_dict()
+    return tensors_fingerprint(*[x for k in sorted(state) for x in (k, state[k])])
+
+
+def check_unchanged(before: str, after: str, *, what: str, during: str) -> None:
+    """An :class:`InvalidOutcomeError` when a fingerprint changed: ``what`` was modified ``during``."""
+    if before != after:
+        raise InvalidOutcomeError(f"{what} changed in place during {during}; the numbers would describe "
+                                  "other data or another model, so no record was written")
+

@@ -91,11 +91,60 @@ class PiecewiseHead:
         return int(self.weight.shape[0])
 
 
-def piecewise_head(model: "Classifier", *, max_units: int = MAX_UNITS) -> PiecewiseHead:
-    """The head as :class:`PiecewiseHead`, or a one-line :class:`ConfigError` if it does not qualify."""
-    if not getattr(model, "identity_backbone", False):
+#: What the model computes from its declared weights: the methods of the classifier and of the
+#: built-in heads that :func:`piecewise_head` reads the head's function from.
+_CLASSIFIER_METHODS = ("forward", "margin", "features", "correct", "predict")
+_HEAD_METHODS = ("forward", "margin", "activations", "fine_logits")
+
+
+def unfaithful(model: "Classifier", *, head_only: bool = False) -> str:
+    """Why ``model``'s declared weights may not be the function it computes (empty if they are).
+
+    :func:`piecewise_head`, the exact attack, the certificate and the protocol's certified closure
+    read a head's function from its weights, while every claim is judged on the model's
+    ``margin``. They agree for the built-in classifier and heads as written; a subclass that
+    overrides how they compute, a method replaced on the instance, a forward hook, or a model
+    that says it has no backbone but has one would make those analyses describe another model
+    (e.g. certify robustness the model does not have), so such a model is not analysed.
+    ``head_only``: only the head's function on its input matters (the backbone is not analysed)."""
+    from torch import nn
+    from torch.nn.modules import module as nn_module
+
+    from fabench.models.classifier import Classifier as Base
+    from fabench.models.heads import BinaryHead as B, FineHead as F, RobustHead as R
+
+    head = model.head
+    base = next((c for c in type(head).__mro__ if c in (B, F, R)), None)  # the nearest built-in head
+    checks: list[tuple[Any, Any, tuple[str, ...]]] = [(model, Base, _CLASSIFIER_METHODS)]
+    if base is not None:
+        checks.append((head, base, _HEAD_METHODS))
+    if head_only:
+        checks = checks[1:]
+    for obj, cls, methods in checks:
+        for name in methods:
+            if name in vars(obj):
+                return f"{type(obj).__name__}.{name} is replaced on the instance"
+            if getattr(type(obj), name, None) is not getattr(cls, name, None):
+                return f"{type(obj).__name__} overrides {cls.__name__}.{name}"
+    if not head_only and getattr(model, "identity_backbone", False) and type(model.backbone) is not nn.Flatten:
+        return f"it says it has no backbone but its backbone is a {type(model.backbone).__name__}"
+    hooked = [m for m in ((head,) if head_only else (model, model.backbone, head))
+              if m._forward_hooks or m._forward_pre_hooks]
+    if hooked or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return "a forward hook is registered on it"
+    return ""
+
+
+def piecewise_head(model: "Classifier", *, max_units: int = MAX_UNITS, head_only: bool = False) -> PiecewiseHead:
+    """The head as :class:`PiecewiseHead`, or a one-line :class:`ConfigError` if it does not qualify
+    (a backbone, another head type, too many units, or a model :func:`unfaithful` to its weights).
+    ``head_only``: the head on its own input, whatever the backbone (for :mod:`fabench.certify`)."""
+    if not head_only and not getattr(model, "identity_backbone", False):
         raise ConfigError("attack exact needs a two-layer head on the input (no backbone); "
                           "this model has a backbone")
+    why = unfaithful(model, head_only=head_only)
+    if why:
+        raise ConfigError(f"attack exact reads the head's function from its weights, but {why}")
     head = model.head
     with torch.no_grad():
         if isinstance(head, BinaryHead):
