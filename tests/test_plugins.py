@@ -268,6 +268,54 @@ def test_entry_point_named_otherwise_is_found_by_the_fallback(site: Path) -> Non
             sys.modules.pop(mod, None)
 
 
+CONF_ATTACK = """import json, pathlib
+from dataclasses import replace
+from fabench_example_plugin.attack import FGMAttack
+import conf_helper
+SETTINGS = json.loads((pathlib.Path(__file__).parent / 'conf.json').read_text())
+class ConfAttack(FGMAttack):
+    meta = replace(FGMAttack.meta, name='conf-fgm')
+"""
+
+
+def test_record_is_recomputed_after_a_plugin_data_file_or_helper_module_changes(site: Path, tmp_path: Path) -> None:
+    """Reuse tracks every file of the providing package (not only ``*.py``) and the files its
+    distribution lists (a top-level helper module), but not compiled or unlisted files."""
+    from fabench import provenance
+    from fabench.evaluation import RunConfig, evaluate
+
+    pkg = site / "confplug"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "attack.py").write_text(CONF_ATTACK)
+    (pkg / "conf.json").write_text('{"scale": 1}')
+    (site / "conf_helper.py").write_text("FACTOR = 1\n")
+    write_dist(site, "conf-plugin", {"fabench.attacks": {"conf-fgm": "confplug.attack:ConfAttack"}},
+               files=["confplug/__init__.py", "confplug/attack.py", "confplug/conf.json", "conf_helper.py"])
+    reload_all()
+    cfg = RunConfig(task="synthetic", recipe="binary", attacks=["conf-fgm"], radii=[0.0, 1.0, 2.0],
+                    overrides=[("d", "16"), ("k", "4"), ("n_train", "20"), ("n_test", "10"), ("steps", "5")])
+    out = tmp_path / "res"
+    notes: list[str] = []
+    try:
+        _, path, reused = evaluate(cfg, out_dir=out, notice=notes.append)
+        assert not reused and evaluate(cfg, out_dir=out, notice=notes.append)[2] and notes == []
+        for changed in (pkg / "conf.json", site / "conf_helper.py"):
+            changed.write_text(changed.read_text().replace("1", "2"))
+            provenance.package_hash.cache_clear()  # as in a new process
+            _, path2, reused = evaluate(cfg, out_dir=out, notice=notes.append)
+            assert not reused and path2 == path, f"{changed.name} changed, but the record was reused"
+            assert notes[-1] == "finished record found but 'conf-plugin' code changed since: recomputing"
+        (pkg / "__pycache__").mkdir()
+        (pkg / "__pycache__" / "attack.cpython-311.pyc").write_bytes(b"compiled")
+        (site / "unlisted.py").write_text("x = 1\n")
+        provenance.package_hash.cache_clear()
+        assert evaluate(cfg, out_dir=out, notice=notes.append)[2] and len(notes) == 2
+    finally:
+        for mod in ("confplug", "confplug.attack", "conf_helper"):
+            sys.modules.pop(mod, None)
+
+
 def _venv_site_packages(venv: Path) -> Path:
     purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
     return Path(purelib)
