@@ -159,6 +159,21 @@ class Registry(Generic[T]):
         for ep in self._group_entry_points():
             self._load_entry_point(ep)
 
+    @property
+    def _loaded(self) -> bool:
+        """Whether discovery has started; setting ``False`` makes the next use discover again, as in
+        a fresh process (without :meth:`reload`'s immediate loading of the built-ins; the test
+        corpus in ``tests/badinputs.py`` relies on it)."""
+        return self._builtins_loaded
+
+    @_loaded.setter
+    def _loaded(self, value: bool) -> None:
+        if not value:
+            self._builtins_loaded = False
+            self._all_loaded = False
+            self._entry_points = None
+            self._imported = set()
+
     def reload(self) -> None:
         """Forget plugin entries and discover them again (built-ins stay); plugins are imported
         again on demand, as after start-up."""
@@ -166,10 +181,7 @@ class Registry(Generic[T]):
             n: [e for e in es if e.source == BUILTIN_SOURCE] for n, es in self._entries.items()
         }
         self._entries = {n: es for n, es in self._entries.items() if es}
-        self._builtins_loaded = False
-        self._all_loaded = False
-        self._entry_points = None
-        self._imported = set()
+        self._loaded = False
         self._ensure_builtins()
 
     # -- lookup -------------------------------------------------------------------------------
