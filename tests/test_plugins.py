@@ -36,14 +36,18 @@ def example_entry_points() -> dict[str, dict[str, str]]:
     return eps
 
 
-def write_dist(site: Path, name: str, groups: dict[str, dict[str, str]]) -> None:
-    """A minimal installed distribution: ``<name>-0.1.dist-info`` with METADATA and entry points."""
+def write_dist(site: Path, name: str, groups: dict[str, dict[str, str]], files: list[str] | None = None) -> None:
+    """A minimal installed distribution: ``<name>-0.1.dist-info`` with METADATA and entry points;
+    with ``files`` (paths relative to ``site``), a RECORD listing them and the dist-info's files."""
     info = site / f"{name.replace('-', '_')}-0.1.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n" for g, eps in groups.items())
     )
+    if files is not None:
+        own = [f"{info.name}/{f}" for f in ("METADATA", "entry_points.txt", "RECORD")]
+        (info / "RECORD").write_text("".join(f"{f},,\n" for f in [*files, *own]))
 
 
 def reload_all() -> None:
@@ -182,6 +186,134 @@ def test_environment_variable_turns_plugins_off(site: Path, monkeypatch: pytest.
     listed = fabench("list", env={registry.PLUGINS_ENV: "1"})
     assert listed.returncode == 0 and "binary-adam" not in listed.stdout and "binary " in listed.stdout
     assert "fgm" not in listed.stdout and DIST not in listed.stdout
+
+
+QUIET = ("from dataclasses import replace\nfrom fabench_example_plugin.attack import FGMAttack\n"
+         "class Quiet(FGMAttack):\n    meta = replace(FGMAttack.meta, name='quiet')\n")
+EVIL = """import os, pathlib
+from dataclasses import replace
+pathlib.Path(os.environ['FABENCH_TEST_EVIL_FLAG']).write_text('imported')
+if os.environ.get('FABENCH_TEST_EVIL_PATCH'):  # falsify every evaluation of this process
+    import fabench.evaluation
+    def _falsified(*args, **kwargs):
+        raise RuntimeError('run_protocol falsified by evil_attack')
+    fabench.evaluation.run_protocol = _falsified
+from quiet_attack import Quiet
+class Evil(Quiet):
+    meta = replace(Quiet.meta, name='evil')
+"""
+
+
+@pytest.fixture
+def two_attacks(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """One distribution with two attack entry points; importing ``evil`` leaves a flag file (and,
+    with ``FABENCH_TEST_EVIL_PATCH``, patches ``fabench.evaluation.run_protocol``). Yields the flag."""
+    (site / "quiet_attack.py").write_text(QUIET)
+    (site / "evil_attack.py").write_text(EVIL)
+    write_dist(site, "two-attacks", {"fabench.attacks": {"quiet": "quiet_attack:Quiet", "evil": "evil_attack:Evil"}})
+    flag = tmp_path / "evil-imported"
+    monkeypatch.setenv("FABENCH_TEST_EVIL_FLAG", str(flag))
+    reload_all()
+    yield flag
+    for mod in ("quiet_attack", "evil_attack"):
+        sys.modules.pop(mod, None)
+
+
+def test_lookup_imports_only_the_entry_point_of_that_name(two_attacks: Path) -> None:
+    """A plugin that is not named runs no code: looking up built-ins or its sibling leaves it unimported."""
+    assert registry.attacks.entry("analytic").source == "fabench"
+    assert registry.recipes.entry("binary").source == "fabench" and registry.tasks.entry("synthetic")
+    assert registry.attacks.entry("quiet").source == "two-attacks"
+    assert "quiet" in registry.attacks and "evil_attack" not in sys.modules and not two_attacks.exists()
+    # Listing still shows (so imports) every plugin.
+    assert {"quiet", "evil"} <= set(registry.attacks.names())
+    assert "evil_attack" in sys.modules and two_attacks.exists()
+
+
+def test_evaluation_does_not_import_an_unnamed_plugin(two_attacks: Path, tmp_path: Path) -> None:
+    """The red-team's attack: a plugin that patches run_protocol on import must not touch a run
+    that does not name it (built-ins only, or its sibling from the same distribution)."""
+    env = {"FABENCH_TEST_EVIL_PATCH": "1"}
+    for attacks in ("analytic", "analytic,quiet"):
+        run = fabench("evaluate", *TINY, "--recipe", "binary", "--attacks", attacks,
+                      "--out", str(tmp_path / "res"), "-q", env=env)
+        assert run.returncode == 0, run.stderr
+        assert not two_attacks.exists(), f"--attacks {attacks} imported the evil plugin"
+    records = leaderboard.read_records(tmp_path / "res")
+    assert sorted(r.attacks for r in records) == [["analytic"], ["analytic", "quiet"]]
+    # Naming it runs it: the patch is real (so the check above could fail).
+    named = fabench("evaluate", *TINY, "--recipe", "binary", "--attacks", "evil", "--out", str(tmp_path / "res"),
+                    "-q", env=env)
+    assert named.returncode != 0 and two_attacks.exists() and "falsified" in named.stderr
+
+
+def test_entry_point_named_otherwise_is_found_by_the_fallback(site: Path) -> None:
+    """A plugin whose entry-point name differs from the name it registers is still found (every
+    entry point is imported then), but cannot join a name a built-in provides unless chosen."""
+    (site / "quiet_attack.py").write_text(QUIET)
+    (site / "mismatch.py").write_text("from dataclasses import replace\nfrom quiet_attack import Quiet\n"
+                                      "class Renamed(Quiet):\n    meta = replace(Quiet.meta, name='renamed')\n"
+                                      "class Analytic(Quiet):\n    meta = replace(Quiet.meta, name='analytic')\n")
+    write_dist(site, "mismatch-plugin", {"fabench.attacks": {"alias": "mismatch:Renamed", "other": "mismatch:Analytic"}})
+    try:
+        reload_all()
+        assert registry.attacks.entry("analytic").source == "fabench" and "mismatch" not in sys.modules
+        assert registry.attacks.entry("renamed").source == "mismatch-plugin"
+        assert registry.attacks.entry("analytic").source == "fabench"  # same answer once everything is imported
+        assert registry.attacks.entry("analytic@mismatch-plugin").source == "mismatch-plugin"
+        with pytest.raises(UnknownNameError, match="unknown attack 'alias'"):
+            registry.attacks.entry("alias")
+    finally:
+        for mod in ("quiet_attack", "mismatch"):
+            sys.modules.pop(mod, None)
+
+
+CONF_ATTACK = """import json, pathlib
+from dataclasses import replace
+from fabench_example_plugin.attack import FGMAttack
+import conf_helper
+SETTINGS = json.loads((pathlib.Path(__file__).parent / 'conf.json').read_text())
+class ConfAttack(FGMAttack):
+    meta = replace(FGMAttack.meta, name='conf-fgm')
+"""
+
+
+def test_record_is_recomputed_after_a_plugin_data_file_or_helper_module_changes(site: Path, tmp_path: Path) -> None:
+    """Reuse tracks every file of the providing package (not only ``*.py``) and the files its
+    distribution lists (a top-level helper module), but not compiled or unlisted files."""
+    from fabench import provenance
+    from fabench.evaluation import RunConfig, evaluate
+
+    pkg = site / "confplug"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "attack.py").write_text(CONF_ATTACK)
+    (pkg / "conf.json").write_text('{"scale": 1}')
+    (site / "conf_helper.py").write_text("FACTOR = 1\n")
+    write_dist(site, "conf-plugin", {"fabench.attacks": {"conf-fgm": "confplug.attack:ConfAttack"}},
+               files=["confplug/__init__.py", "confplug/attack.py", "confplug/conf.json", "conf_helper.py"])
+    reload_all()
+    cfg = RunConfig(task="synthetic", recipe="binary", attacks=["conf-fgm"], radii=[0.0, 1.0, 2.0],
+                    overrides=[("d", "16"), ("k", "4"), ("n_train", "20"), ("n_test", "10"), ("steps", "5")])
+    out = tmp_path / "res"
+    notes: list[str] = []
+    try:
+        _, path, reused = evaluate(cfg, out_dir=out, notice=notes.append)
+        assert not reused and evaluate(cfg, out_dir=out, notice=notes.append)[2] and notes == []
+        for changed in (pkg / "conf.json", site / "conf_helper.py"):
+            changed.write_text(changed.read_text().replace("1", "2"))
+            provenance.package_hash.cache_clear()  # as in a new process
+            _, path2, reused = evaluate(cfg, out_dir=out, notice=notes.append)
+            assert not reused and path2 == path, f"{changed.name} changed, but the record was reused"
+            assert notes[-1] == "finished record found but 'conf-plugin' code changed since: recomputing"
+        (pkg / "__pycache__").mkdir()
+        (pkg / "__pycache__" / "attack.cpython-311.pyc").write_bytes(b"compiled")
+        (site / "unlisted.py").write_text("x = 1\n")
+        provenance.package_hash.cache_clear()
+        assert evaluate(cfg, out_dir=out, notice=notes.append)[2] and len(notes) == 2
+    finally:
+        for mod in ("confplug", "confplug.attack", "conf_helper"):
+            sys.modules.pop(mod, None)
 
 
 def _venv_site_packages(venv: Path) -> Path:
