@@ -11,11 +11,19 @@ over the seeds:
 * the median minimal adversarial L2 distance (worst case over attacks);
 * the feature-averaging score (:mod:`fabench.metrics`);
 
-plus the number of seeds, the attacks the worst case covered, and whether the data was a subset
-(``record.data_info["data_subset"]``). Rows are ordered by task, then recipe name, then
-configuration id; nothing in the output depends on file order, time or the machine, so the same
-records always give the same bytes (``fabench leaderboard`` regenerates ``leaderboard/`` exactly).
-This module prints nothing; :mod:`fabench.cli` does.
+plus the number of seeds, the attacks the worst case covered, whether the data was a subset
+(``record.data_info["data_subset"]``) and what ``fabench audit`` found (:func:`audit_label`).
+
+Only records it can trust are shown (:func:`read_records`; each one left out with one warning
+line): a record whose ``key`` is not the key of its configuration, whose file is not where
+:func:`fabench.records.record_path` puts it (task/recipe/seed/key), whose numbers are impossible
+(:func:`impossible_numbers`), or that conflicts with another copy of the same configuration and
+seed with other contents (both are left out: which is genuine cannot be told).
+
+Rows are ordered by task, then recipe name, then configuration id; nothing in the output depends
+on file order, time or the machine, so the same records always give the same bytes
+(``fabench leaderboard`` regenerates ``leaderboard/`` exactly). This module prints nothing;
+:mod:`fabench.cli` does.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from fabench.records import Record, RecordWarning, config_key, iter_records, radius_key, write_atomic
+from fabench.records import Record, RecordWarning, config_key, iter_records, radius_key, record_path, write_atomic
 
 FORMATS = ("markdown", "csv", "json")
 TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
@@ -71,8 +79,8 @@ class Group:
 
 
 def group_records(records: Iterable[Record]) -> list[Group]:
-    """Group records by configuration minus seed, one record per seed (the first met wins, so
-    copies of one record in two directories count once). Sorted by task, recipe, config id."""
+    """Group records by configuration minus seed, one record per seed (the first met wins;
+    :func:`read_records` has already left out conflicting copies). Sorted by task, recipe, config id."""
     by_key: dict[str, dict[int, Record]] = {}
     for rec in records:
         by_key.setdefault(group_key(rec), {}).setdefault(int(rec.seed), rec)
@@ -83,20 +91,153 @@ def group_records(records: Iterable[Record]) -> list[Group]:
     return sorted(groups, key=lambda g: (g.task, g.recipe, g.config_id))
 
 
-def read_records(results: Path) -> list[Record]:
-    """Every readable record below ``results`` (sorted by path), with its audit (``fabench audit``,
-    ``<record>.audit``, if it is of this record's numbers) summarised in memory as ``flags["audit"]``."""
-    from fabench.audit import audit_path, read_audit
+#: Slack when comparing robust accuracies (fractions of the same points, float32: exact up to this).
+ACCURACY_TOL = 1e-6
+#: Relative and absolute slack of a distance against a radius (above the attacks' own, 1e-5).
+DISTANCE_TOL = 1e-4
 
-    out = []
+
+def identity_problem(path: Path, record: Record) -> str | None:
+    """Why ``record`` (read from ``path``) is not what it says it is, or ``None``: its ``key`` is not
+    :func:`~fabench.records.config_key` of its configuration, its task/recipe/seed differ from its
+    configuration's, or its file is not named as :func:`~fabench.records.record_path` names it."""
+    cfg = record.config
+    if record.key != config_key(cfg):
+        return f"its key {record.key[:16]} is not the key of its configuration ({config_key(cfg)[:16]})"
+    for name, value in (("task", record.task), ("recipe", record.recipe), ("seed", record.seed)):
+        if name in cfg and cfg[name] != value:
+            return f"its {name} {value!r} is not its configuration's ({cfg[name]!r})"
+    expected = record_path(Path(), record.task, record.recipe, int(record.seed), record.key).parts
+    if path.absolute().parts[-len(expected):] != expected:
+        return f"its file is not named after its task, recipe, seed and key (expected .../{'/'.join(expected)})"
+    return None
+
+
+def _value(v: Any) -> float | None:
+    """A finite number, else ``None``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def impossible_numbers(record: Record) -> str | None:
+    """Why the record's numbers cannot be a protocol's result, or ``None``. Checked:
+
+    * clean and robust accuracies are numbers in [0, 1] (not NaN, not missing at a radius), there
+      is a worst-case curve, and every attack of the configuration has a curve;
+    * no robust accuracy is above the clean accuracy, and every curve is non-increasing in the radius;
+    * the worst case is never above an attack's curve (``full`` mode: the attack's own; ``fast``
+      mode: the cumulative curves, whose lowest is then the worst case itself) and, in ``full``
+      mode, never below what all the attacks together can have broken;
+    * below the median minimal distance at least half the points are unbroken (a point broken at
+      ``r`` has a distance at most ``r``: :mod:`fabench.validation`);
+    * an input-space certified robust accuracy (a lower bound) is never above the worst case.
+    """
+    clean = _value(record.clean_accuracy)
+    if clean is None or not 0.0 <= clean <= 1.0:
+        return f"clean accuracy {record.clean_accuracy!r} is not a number in [0, 1]"
+    curves = record.robust_accuracy
+    if "worst" not in curves:
+        return "it has no worst-case robust accuracy"
+    attacks = record.config.get("attacks", {})
+    missing = [str(a) for a in (attacks if isinstance(attacks, (dict, list)) else []) if a not in curves]
+    if missing:
+        return f"its configuration's attacks {', '.join(missing)} have no robust accuracy"
+    keys = [radius_key(r) for r in sorted(float(r) for r in record.radii)]
+    table: dict[str, list[float]] = {}
+    for name, curve in curves.items():
+        row: list[float] = []
+        for k in keys:
+            v = _value(curve.get(k))
+            if v is None or not 0.0 <= v <= 1.0:
+                return f"robust accuracy of {name} at r={k} is {curve.get(k)!r}, not a number in [0, 1]"
+            if v > clean + ACCURACY_TOL:
+                return f"robust accuracy of {name} at r={k} ({v:g}) is above the clean accuracy ({clean:g})"
+            if row and v > row[-1] + ACCURACY_TOL:
+                return f"robust accuracy of {name} rises with the radius ({row[-1]:g} -> {v:g} at r={k})"
+            row.append(v)
+        table[name] = row
+    worst = table.pop("worst")
+    fast = str(record.config.get("protocol", "full") or "full") == "fast"
+    for i, k in enumerate(keys):
+        for name, row in table.items():
+            if worst[i] > row[i] + ACCURACY_TOL:
+                return f"the worst case at r={k} ({worst[i]:g}) is above {name}'s curve ({row[i]:g})"
+        if not table:
+            continue
+        if fast and abs(worst[i] - min(row[i] for row in table.values())) > ACCURACY_TOL:
+            return f"the worst case at r={k} ({worst[i]:g}) is not the lowest of the fast mode's cumulative curves"
+        union = clean - sum(clean - row[i] for row in table.values())  # every attack broke other points
+        if not fast and worst[i] < union - ACCURACY_TOL * len(table):
+            return (f"the worst case at r={k} ({worst[i]:g}) is below what all the attacks together can have "
+                    f"broken ({union:g})")
+    median = record.median_min_distance
+    if median is not None:
+        m = _value(median)
+        if m is None or m < 0:
+            return f"median minimal distance {median!r} is not a non-negative number"
+        for i, k in enumerate(keys):
+            if float(k) * (1 + DISTANCE_TOL) + DISTANCE_TOL < m and worst[i] < 0.5 - ACCURACY_TOL:
+                return (f"median minimal distance {m:g}, but only {worst[i]:g} of the points are unbroken at "
+                        f"r={k} below it (at least half are)")
+    cert = record.certified if isinstance(record.certified, dict) else {}
+    cert_curve = cert.get("robust_accuracy")
+    if cert.get("space") == "input" and isinstance(cert_curve, dict):
+        for i, k in enumerate(keys):
+            c = _value(cert_curve.get(k))
+            if c is not None and c > worst[i] + ACCURACY_TOL:
+                return f"certified robust accuracy at r={k} ({c:g}) is above the worst case ({worst[i]:g})"
+    return None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"fabench: {message}", RecordWarning, stacklevel=3)
+
+
+def read_records(results: Path) -> list[Record]:
+    """Every record below ``results`` that the leaderboard can trust (sorted by path), with its
+    audit (``fabench audit``, ``<record>.audit``, if it applies to this record) summarised in
+    memory as ``flags["audit"]``.
+
+    Left out, each with one :class:`~fabench.records.RecordWarning` line: a record whose identity
+    is wrong (:func:`identity_problem`) or whose numbers are impossible (:func:`impossible_numbers`);
+    copies of one configuration and seed (one key) whose contents differ
+    (:func:`fabench.audit.record_digest`): all of them, one warning per conflict. Identical copies
+    count once (the first with an audit that applies, else the first). An audit that does not
+    apply is not shown (one warning)."""
+    from fabench.audit import audit_path, check_audit, is_full_suite, record_digest
+
+    by_key: dict[str, list[tuple[Path, Record, str]]] = {}
     for path, rec in iter_records(results):
-        found = read_audit(path, rec)
-        if found is None and (apath := audit_path(path)).exists():
-            warnings.warn(f"fabench: {apath} is not an audit of this record's numbers (recomputed "
-                          "since, or written before audits were bound to them): not shown; run `fabench audit` "
-                          "on the record again", RecordWarning, stacklevel=2)
-        if found is not None:
-            rec.flags = {**rec.flags, "audit": {"max_gap": found.get("max_gap"), "n_eval": found.get("n_eval")}}
+        problem = identity_problem(path, rec) or impossible_numbers(rec)
+        if problem:
+            _warn(f"skipping {str(path)!r}: {problem}")
+            continue
+        by_key.setdefault(rec.key, []).append((path, rec, record_digest(rec)))
+    out = []
+    for copies in sorted(by_key.values(), key=lambda c: c[0][0]):
+        if len({digest for _, _, digest in copies}) > 1:
+            first = copies[0][1]
+            _warn(f"skipping {len(copies)} records of {first.task}/{first.recipe} seed {first.seed} (key "
+                  f"{first.key[:16]}) that disagree: {', '.join(repr(str(p)) for p, _, _ in copies)}; "
+                  "keep only the genuine one")
+            continue
+        rec, found, problems = copies[0][1], None, []
+        for path, copy, _ in copies:
+            found, why = check_audit(path, copy)
+            if found is not None:
+                rec = copy
+                break
+            if why is not None:
+                problems.append(f"{audit_path(path)} is {why}")
+        if found is None:
+            for problem in problems:
+                _warn(f"{problem}: not shown; run `fabench audit` on the record again")
+        else:
+            suite = found.get("suite")
+            rec.flags = {**rec.flags, "audit": {"max_gap": found.get("max_gap"), "n_eval": found.get("n_eval"),
+                                                "reproduced": found.get("reproduced") is True,
+                                                "full": is_full_suite(suite if isinstance(suite, dict) else {})}}
         out.append(rec)
     return out
 
@@ -114,12 +255,24 @@ def _converged_label(g: Group) -> str:
     return f"**no** ({len(bad)}/{len(g.records)} seeds{fixed})"
 
 
-def _audit_label(g: Group) -> str:
-    """``max gap (audited seeds/seeds)`` over the group's audited records, or ``no``."""
-    gaps = [float(r.flags["audit"]["max_gap"]) for r in g.records if "audit" in r.flags]
-    if not gaps:
-        return "no"
-    return f"{max(gaps):.3f} ({len(gaps)}/{len(g.records)})"
+def audit_label(g: Group) -> str:
+    """The *audit gap* cell: over the group's records whose audit applies, ``max gap (k/n)`` for the
+    full audits (the whole strong suite, the record reproduced), ``max gap (partial, k/n)`` for
+    audits that ran only part of it, ``**not reproduced** (k/n)`` for audits whose re-run did
+    not give the record's numbers back (their gaps vouch for nothing); ``no`` without any."""
+    audits = [r.flags["audit"] for r in g.records if "audit" in r.flags]
+    n = len(g.records)
+    full = [float(a["max_gap"]) for a in audits if a.get("reproduced") and a.get("full")]
+    partial = [float(a["max_gap"]) for a in audits if a.get("reproduced") and not a.get("full")]
+    unreproduced = [a for a in audits if not a.get("reproduced")]
+    parts = []
+    if full:
+        parts.append(f"{max(full):.3f} ({len(full)}/{n})")
+    if partial:
+        parts.append(f"{max(partial):.3f} (partial, {len(partial)}/{n})")
+    if unreproduced:
+        parts.append(f"**not reproduced** ({len(unreproduced)}/{n})")
+    return "; ".join(parts) or "no"
 
 
 # -- the per-record frame and its summary -------------------------------------------------------
@@ -262,7 +415,7 @@ def markdown_table(table: TaskTable) -> str:
         row += [format_stat(*table.stat(i, "median_min_distance"), digits=2)]
         row += [format_stat(*table.stat(i, "feature_space_distance"), digits=2)] if feature_space else []
         row += [format_stat(*table.stat(i, "fa_score")), _converged_label(g),
-                ", ".join(g.attacks), _audit_label(g), _data_label(g), f"`{g.config_id}`"]
+                ", ".join(g.attacks), audit_label(g), _data_label(g), f"`{g.config_id}`"]
         rows.append(row)
     aligns = ["left", "left"] + ["right"] * (len(headers) - 7) + ["left"] * 5
     out: str = tabulate(rows, headers=headers, tablefmt="github", colalign=aligns, disable_numparse=True)

@@ -3,72 +3,146 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fabench import leaderboard
 from fabench.cli import main
-from fabench.records import RecordWarning
+from fabench.records import RecordWarning, config_key, radius_key, read_record
 
 SMALL = ["--task", "synthetic", "--recipe", "binary", "--set", "d=60", "--set", "n_train=60",
          "--set", "n_test=30", "--set", "recipe.steps=60", "--epsilons", "0:8:1"]
+PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "records"
+
+
+def small_record(out: Path) -> Path:
+    """A finished record of the small synthetic configuration below ``out`` (a weak protocol)."""
+    assert main(["evaluate", *SMALL, "--out", str(out), "-q", "--attacks", "analytic,pgd",
+                 "--set", "pgd.steps=3"]) == 0
+    (record,) = [p for p in out.rglob("*.json")]
+    return record
 
 
 def test_audit_writes_a_keyed_result_that_the_leaderboard_shows(tmp_path: Path, capsys) -> None:
     out = tmp_path / "results"
-    assert main(["evaluate", *SMALL, "--out", str(out), "-q", "--attacks", "analytic,pgd",
-                 "--set", "pgd.steps=3"]) == 0
-    (record,) = [p for p in out.rglob("*.json")]
+    record = small_record(out)
     capsys.readouterr()
-    assert main(["audit", str(record), "--n-eval", "20", "--strong", "apgd,exact", "-q",
+    assert main(["audit", str(record), "--n-eval", "0", "--strong", "apgd,exact", "-q",
                  "--strong-set", "apgd.steps=10", "--strong-set", "apgd.restarts=1"]) == 0
     text = capsys.readouterr().out
     audit_file = record.with_name(record.stem + ".audit")
     result = json.loads(audit_file.read_text())
     rec = json.loads(record.read_text())
-    assert result["record_key"] == rec["key"] and result["n_eval"] == 20
+    assert result["record_key"] == rec["key"] and result["n_eval"] == rec["n_eval"] == 30
+    # the re-run reproduces the record; the gaps are taken from the record's own numbers
+    worst = rec["robust_accuracy"]["worst"]
+    assert result["record"] == worst and result["protocol"] == worst
+    assert result["reproduced"] is True and result["max_difference"] == 0.0
+    assert "the re-run reproduced the record's numbers" in text
+    assert result["gaps"] == {r: round(max(0.0, worst[r] - result["strong"]["worst"][r]), 6) for r in worst}
     # exact is the true minimum of this head: the strong worst case is never above the protocol's
-    assert all(g >= -1e-9 for g in result["gaps"].values())
+    assert all(g >= 0 for g in result["gaps"].values())
     # a 3-step PGD and the averaged direction miss points that exact breaks somewhere on the grid
-    assert result["max_gap"] > 0 and "beat the protocol" in text
+    assert result["max_gap"] > 0 and "too high at" in text
     # strong columns are cumulative in run order (exact, a minimisation attack, before apgd): they
     # never increase left to right, and the last one is the strong worst case
     assert list(result["strong"]) == ["exact", "apgd", "worst"]
     for r in result["gaps"]:
         col = [result["strong"][name][r] for name in result["strong"]]
         assert all(a >= b - 1e-12 for a, b in zip(col, col[1:])) and col[-2] == col[-1]
-    board = leaderboard.load(out)
-    md = leaderboard.render(board)
-    assert f"{result['max_gap']:.3f} (1/1)" in md
-    shown = f"{result['max_gap']:.3f} (1/1)"
-    # the audit is bound to the record's numbers, not only its key: a rerun that changes only the
-    # timings, provenance and runtime keeps it; other numbers under the same key drop it
+    # two strong attacks, apgd with a smaller budget: a partial audit, and it says so
+    assert result["suite"]["ran"] == ["exact", "apgd"] and result["suite"]["modified"] == ["apgd"]
+    assert set(result["suite"]["skipped"]) == {"fab", "square", "cw", "surrogate"} and result["suite"]["full"] is False
+    assert "a partial audit" in text
+    shown = f"{result['max_gap']:.3f} (partial, 1/1)"
+    assert shown in leaderboard.render(leaderboard.load(out))
+    # the audit is bound to the record, not only its key: a rerun that changes only the timings,
+    # provenance, runtime and cache information keeps it; other numbers under the same key drop it
     rec["timings"] = {k: v + 1.0 for k, v in rec["timings"].items()}
     rec["created"], rec["runtime"] = "2000-01-01T00:00:00+00:00", {**rec["runtime"], "threads": 99}
     rec["versions"] = {**rec["versions"], "platform": "another kernel"}
+    rec["provenance"] = {"fabench": {"version": "9.9", "code": "another"}}
     if isinstance(rec.get("feature_space"), dict):
         rec["feature_space"]["timings"] = {"attack pgd": 123.0}
+    rec["model_info"].setdefault("backbone", {})["features_cache"] = "miss"
     record.write_text(json.dumps(rec))
     assert shown in leaderboard.render(leaderboard.load(out))
-    first = next(iter(rec["robust_accuracy"]["worst"]))
-    value = rec["robust_accuracy"]["worst"][first]
-    rec["robust_accuracy"]["worst"][first] = value - 0.01
+    fa = rec["fa_score"]
+    rec["fa_score"] = fa - 0.01
     record.write_text(json.dumps(rec))
-    with pytest.warns(RecordWarning, match="is not an audit of this record's numbers"):
+    with pytest.warns(RecordWarning, match="is not an audit of this record"):
         assert shown not in leaderboard.render(leaderboard.load(out))
-    rec["robust_accuracy"]["worst"][first] = value
+    rec["fa_score"] = fa
     record.write_text(json.dumps(rec))
     assert shown in leaderboard.render(leaderboard.load(out))
-    # an audit without the digest (written before fabench recorded it) cannot be matched: not shown
-    legacy = {k: v for k, v in result.items() if k != "record_digest"}
+    # an audit of the old format (gaps against the re-run, no format) is not shown
+    legacy = {k: v for k, v in result.items() if k not in ("format", "record", "reproduced", "suite")}
     audit_file.write_text(json.dumps(legacy))
-    with pytest.warns(RecordWarning, match="written before audits were bound"):
+    with pytest.warns(RecordWarning, match="written by an older fabench"):
         assert shown not in leaderboard.render(leaderboard.load(out))
     audit_file.write_text(json.dumps(result))
     # the same record found by configuration instead of by path
     assert main(["audit", *SMALL, "--out", str(out), "--attacks", "analytic,pgd", "--set", "pgd.steps=3",
                  "--n-eval", "10", "--strong", "exact", "-q"]) == 0
+
+
+def test_audit_checks_the_record_numbers_not_its_rerun(tmp_path: Path, capsys) -> None:
+    """A record whose robust accuracies were raised by hand: the audit's gaps are taken from the
+    record's numbers (not from its own re-run, which gives the truth back), it says the re-run did
+    not reproduce the record, and the leaderboard shows it as such, never as a clean audit."""
+    out = tmp_path / "results"
+    record = small_record(out)
+    rec = json.loads(record.read_text())
+    truth = dict(rec["robust_accuracy"]["worst"])
+    high = rec["clean_accuracy"]  # every point robust at every radius (as high as a possible record goes)
+    assert min(truth.values()) < high - 0.3  # the record is really overstated
+    rec["robust_accuracy"] = {a: {r: high for r in curve} for a, curve in rec["robust_accuracy"].items()}
+    record.write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert main(["audit", str(record), "--strong", "exact", "-q"]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(record.with_name(record.stem + ".audit").read_text())
+    strong_worst = result["strong"]["worst"]
+    assert result["gaps"] == {r: round(max(0.0, high - strong_worst[r]), 6) for r in truth}
+    assert result["max_gap"] >= max(high - v for v in truth.values()) - 1e-6
+    assert result["protocol"] == truth and result["record"] == rec["robust_accuracy"]["worst"]
+    assert result["reproduced"] is False
+    assert result["max_difference"] == pytest.approx(max(high - v for v in truth.values()), abs=1e-6)
+    assert "did not reproduce the record's numbers" in text
+    assert leaderboard.impossible_numbers(read_record(record)) is None  # a possible record, only a false one
+    md = leaderboard.render(leaderboard.load(out))
+    assert "**not reproduced** (1/1)" in md
+    assert "(1/1)" not in md.replace("**not reproduced** (1/1)", "")
+
+
+def test_audit_refuses_a_record_whose_key_is_not_its_configurations(tmp_path: Path, capsys) -> None:
+    """A record relabelled by hand (another recipe in its configuration, its key kept) is not
+    audited: the audit would re-run one configuration and vouch for a key that names another."""
+    record = small_record(tmp_path / "results")
+    rec = json.loads(record.read_text())
+    rec["config"]["recipe_params"]["m"] = 3
+    record.write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert main(["audit", str(record), "--strong", "exact", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fabench: error: audit: the record's key is not the key of its configuration (edited by hand?); "
+                   "run fabench evaluate again\n")
+    assert not record.with_name(record.stem + ".audit").exists()
+    assert config_key(rec["config"]) != rec["key"]
+
+
+def test_a_subset_audit_does_not_reproduce_the_record(tmp_path: Path) -> None:
+    """An audit of a seeded subset ran on other points than the record: it cannot vouch that the
+    re-run gave the record's numbers back, even where the curves happen to agree."""
+    from fabench import audit
+
+    record = small_record(tmp_path / "results")
+    result = audit.audit(read_record(record), n_eval=7, attacks=("exact",))
+    assert result.n_eval == 7 and result.reproduced is False
+    assert result.suite["ran"] == ["exact"] and result.suite["full"] is False
 
 
 def test_strong_breaks_walks_down_only_below_what_is_already_broken() -> None:
@@ -118,3 +192,52 @@ def test_strong_breaks_walks_down_only_below_what_is_already_broken() -> None:
                                    (2, 5.0), (3, 3.0)])
     # one call per (round, radius) group: {4, 5, 3}, {3, 4}, {2, 3}, {2}, {1}
     assert calls == 9
+
+
+@pytest.mark.skipif(not (PUBLISHED / "synthetic" / "fine").is_dir(), reason="no published records")
+def test_migrate_audits_upgrades_only_audits_that_still_match(tmp_path: Path, capsys) -> None:
+    """scripts/migrate_audits.py: an old audit of its record's numbers is upgraded (the same gaps,
+    reproduced, the full suite, the new digest); one of other numbers or another key is refused,
+    and left as it was."""
+    from _scripts import load_script
+
+    from fabench.audit import AUDIT_FORMAT, SKIP_ALREADY_RUN, read_audit
+
+    mod = load_script("migrate_audits")
+    (src,) = sorted((PUBLISHED / "synthetic" / "fine").glob("seed0-*.json"))
+    root = tmp_path / "records"
+    names = ("good", "numbers", "key")
+    for name in names:
+        folder = root / name / "synthetic" / "fine"
+        folder.mkdir(parents=True)
+        shutil.copy(src, folder / src.name)
+        shutil.copy(src.with_suffix(".audit"), folder / src.with_suffix(".audit").name)
+    old = json.loads(src.with_suffix(".audit").read_text())
+    if "format" in old:
+        pytest.skip("the published audits are already in the current format")
+    numbers = root / "numbers" / "synthetic" / "fine" / src.name
+    obj = json.loads(numbers.read_text())
+    obj["robust_accuracy"]["worst"]["20"] = 0.9  # edited by hand after the audit
+    numbers.write_text(json.dumps(obj))
+    key_audit = (root / "key" / "synthetic" / "fine" / src.name).with_suffix(".audit")
+    key_audit.write_text(json.dumps({**old, "record_key": "0" * 64}))
+    before = {n: (root / n / "synthetic" / "fine" / src.name).with_suffix(".audit").read_text() for n in names}
+    assert mod.main([str(root)]) == 1
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == "3 audits: 1 upgraded or current, 2 refused"
+    assert any(line.startswith("upgraded") and "/good/" in line and "reproduced, full suite" in line for line in said)
+    assert any(line.startswith("refused") and "/numbers/" in line and "digest does not match" in line for line in said)
+    assert any(line.startswith("refused") and "/key/" in line and "an audit of another record" in line for line in said)
+    for name in ("numbers", "key"):
+        assert (root / name / "synthetic" / "fine" / src.name).with_suffix(".audit").read_text() == before[name]
+    good = root / "good" / "synthetic" / "fine" / src.name
+    new = read_audit(good, read_record(good))
+    assert new is not None and new["format"] == AUDIT_FORMAT
+    assert new["gaps"] == old["gaps"] and new["max_gap"] == old["max_gap"] and new["strong"] == old["strong"]
+    assert new["reproduced"] is True and new["record"] == json.loads(good.read_text())["robust_accuracy"]["worst"]
+    assert old["config"]["skipped"] == ["exact"]
+    assert new["suite"]["full"] is True and new["suite"]["skipped"] == {"exact": SKIP_ALREADY_RUN}
+    assert mod.main([str(good.with_suffix(".audit"))]) == 0  # already current: nothing to do
+    assert capsys.readouterr().out.startswith("current")
+    md = leaderboard.render(leaderboard.load(root / "good"))
+    assert "| fine " in md and "0.001 (1/1)" in md

@@ -193,11 +193,22 @@ def published_files(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.skipif(not (PUBLISHED / "records").is_dir(), reason="no published records in leaderboard/records")
 def test_published_leaderboard_regenerates_exactly(tmp_path: Path) -> None:
-    """`fabench leaderboard --results leaderboard/records --out leaderboard` is what was committed."""
+    """`fabench leaderboard --results leaderboard/records --out leaderboard` is what was committed,
+    every record trusted and every audit shown (audits of the old format upgraded first by
+    scripts/migrate_audits.py, as the maintainer does: a no-op once they are)."""
+    import contextlib
+    import warnings
+
+    from _scripts import load_script
+
     out = tmp_path / "leaderboard"
     shutil.copytree(PUBLISHED / "records", out / "records")
     shutil.copy(PUBLISHED / "sweep.toml", out / "sweep.toml")  # the sweep that produced the records
-    assert main(["leaderboard", "--results", str(out / "records"), "--out", str(out)], out=io.StringIO()) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        assert load_script("migrate_audits").main([str(out / "records")]) == 0, said.getvalue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", leaderboard.RecordWarning)
+        assert main(["leaderboard", "--results", str(out / "records"), "--out", str(out)], out=io.StringIO()) == 0
     committed, regenerated = published_files(PUBLISHED), published_files(out)
     assert sorted(committed) == sorted(regenerated)
     differing = [name for name in committed if committed[name] != regenerated[name]]
@@ -235,3 +246,274 @@ def test_converged_column_marks_a_fixed_step_budget() -> None:
     assert label(rec(0, False, 0.0), rec(1, False, 0.0)) == "yes"
     assert label(rec(0, True, 0.0), rec(1, False, 0.0)) == "**no** (1/2 seeds; fixed T=100)"
     assert label(rec(0, True, 0.001), rec(1, True, 0.001)) == "**no** (2/2 seeds)"
+
+
+# -- integrity: identities, impossible numbers, conflicts, audits ------------------------------
+FULL_SUITE = ("fab", "cw", "apgd", "square", "surrogate")
+"""The strong attacks a full audit of a record that ran ``exact`` itself runs (exact: skipped)."""
+ALREADY_RUN = "already run by the record's protocol with the same parameters"  # fabench.audit.SKIP_ALREADY_RUN
+INAPPLICABLE = "inapplicable: exact solves only two-layer heads on the input (at most 16 units)"
+STRONG = ("apgd", "fab", "square", "cw", "surrogate", "exact")
+
+
+def write_audit_json(rec: Record, path: Path, *, gap: float = 0.0, ran: tuple[str, ...] = FULL_SUITE,
+                     skipped: dict[str, str] | None = None, modified: tuple[str, ...] = (),
+                     reproduced: bool = True) -> dict[str, Any]:
+    """Write ``<record>.audit`` for ``rec`` (at ``path``) as ``fabench audit`` does, by hand: the
+    strong worst case ``gap`` below the record at every radius."""
+    from fabench import audit
+
+    curve = {radius_key(r): float(v) for r, v in rec.robust_curve().items()}
+    strong = {r: max(0.0, v - gap) for r, v in curve.items()}
+    skips = {"exact": ALREADY_RUN} if skipped is None else skipped
+    obj = {"format": 2, "record_key": rec.key, "record_digest": audit.record_digest(rec), "n_eval": rec.n_eval,
+           "radii": rec.radii, "record": curve, "protocol": curve if reproduced else {r: 0.0 for r in curve},
+           "reproduced": reproduced, "max_difference": 0.0 if reproduced else max(curve.values()),
+           "strong": {"worst": strong}, "gaps": {r: round(curve[r] - strong[r], 6) for r in curve},
+           "max_gap": gap,
+           "suite": {"ran": list(ran), "skipped": {**{n: "not requested (--strong)" for n in STRONG if n not in ran},
+                                 **skips},
+                     "modified": list(modified)},
+           "config": {}}
+    path.with_name(path.stem + ".audit").write_text(json.dumps(obj))
+    return obj
+
+
+def edit_record(path: Path, change: Any) -> None:
+    """Apply ``change`` to the JSON of the record at ``path``, in place."""
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+def audit_cell(md: str) -> str:
+    (line,) = [line for line in md.splitlines() if line.startswith("| binary")]
+    headers = [c.strip() for c in md.splitlines()[md.splitlines().index(line) - 2].strip("|").split("|")]
+    return [c.strip() for c in line.strip("|").split("|")][headers.index("audit gap")]
+
+
+def test_a_record_whose_key_or_file_name_does_not_match_is_left_out(tmp_path: Path) -> None:
+    """The key must be the configuration's key, and the file named as records.record_path names it."""
+    res = tmp_path / "res"
+    paths = [write_record(rec, res) for rec in three_seeds()]
+    # seed 1's configuration edited by hand (another learning rate), its key left as it was
+    edit_record(paths[1], lambda o: o["config"]["recipe_params"].update(lr=0.5))
+    with pytest.warns(leaderboard.RecordWarning) as caught:
+        board = leaderboard.load(res)
+    assert board.tables[0].groups[0].seeds == (0, 2)
+    assert [str(w.message) for w in caught] == [
+        f"fabench: skipping {str(paths[1])!r}: its key {paths[1].stem[6:]} is not the key of its configuration "
+        f"({config_key(read_record(paths[1]).config)[:16]})"]
+    # relabelled outside the configuration: the record's recipe is no longer its configuration's
+    edit_record(paths[1], lambda o: o["config"]["recipe_params"].update(lr=0.001))
+    edit_record(paths[2], lambda o: o.update(recipe="fine"))
+    with pytest.warns(leaderboard.RecordWarning, match="its recipe 'fine' is not its configuration's"):
+        board = leaderboard.load(res)
+    assert [(g.recipe, g.seeds) for g in board.tables[0].groups] == [("binary", (0, 1))]
+    edit_record(paths[2], lambda o: o.update(recipe="binary"))
+    # a genuine record moved to another recipe's folder, or renamed to another seed
+    shutil.copytree(res / "synthetic" / "binary", res / "synthetic" / "fine")
+    paths[0].rename(paths[0].with_name(paths[0].name.replace("seed0", "seed7")))
+    with pytest.warns(leaderboard.RecordWarning) as caught:
+        board = leaderboard.load(res)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 4
+    assert all("its file is not named after its task, recipe, seed and key" in m for m in messages)
+    assert [(g.recipe, g.seeds) for g in board.tables[0].groups] == [("binary", (1, 2))]
+
+
+def read_record(path: Path) -> Record:
+    from fabench.records import read_record as read
+
+    return read(path)
+
+
+def test_record_digest_covers_the_identity_not_the_volatile_fields() -> None:
+    """A published record: timings, timestamps, runtime, platform, provenance and cache
+    information do not change its digest; a relabelled configuration or other numbers do."""
+    from fabench.audit import record_digest
+
+    found = sorted((PUBLISHED / "records" / "cifar5v5" / "fine").glob("seed0-*.json"))
+    if not found:
+        pytest.skip("no published records in leaderboard/records")
+    base = json.loads(found[0].read_text())
+    digest = record_digest(Record.from_json(base))
+
+    def changed(change: Any) -> str:
+        obj = copy.deepcopy(base)
+        change(obj)
+        return record_digest(Record.from_json(obj))
+
+    volatile = [
+        lambda o: o["timings"].update({"train": 99.0}), lambda o: o.update(created="2000-01-01T00:00:00+00:00"),
+        lambda o: o["runtime"].update(device="cuda", batch_size=7), lambda o: o["versions"].update(platform="other"),
+        lambda o: o.update(provenance={"fabench": {"version": "0.2", "code": "0"}}),
+        lambda o: o["feature_space"]["timings"].update({"attack pgd": 1.0}),
+        lambda o: o["data_info"].update(data_dir="/elsewhere"),
+        lambda o: o["model_info"]["backbone"].update(path="/elsewhere.pt", cache="miss", features_cache="miss"),
+    ]
+    assert all(changed(c) == digest for c in volatile)
+    identity = [
+        lambda o: o["config"].update(recipe="binary"), lambda o: o.update(recipe="binary"),
+        lambda o: o["config"]["task_params"].update(n_test=10), lambda o: o["config"].update(seed=5),
+        lambda o: o["config"]["attacks"].update(fab={}), lambda o: o["config"]["attacks"]["pgd"].update(steps=5),
+        lambda o: o["config"].update(radii=[0.0]), lambda o: o["config"].update(n_eval=10),
+        lambda o: o["config"].update(protocol="fast"), lambda o: o.update(key="0" * 64),
+        lambda o: o["robust_accuracy"]["worst"].update({"0.16": 0.9}), lambda o: o.update(fa_score=0.5),
+        lambda o: o["data_info"].update(n_train=10), lambda o: o["model_info"]["backbone"].update(test_accuracy=0.5),
+        lambda o: o["model_info"]["training"].update(steps=1),
+    ]
+    digests = [changed(c) for c in identity]
+    assert digest not in digests and len(set(digests)) == len(digests)
+    from fabench.audit import VOLATILE_FIELDS
+
+    assert {"timings", "created", "runtime", "provenance", "versions.platform"} <= set(VOLATILE_FIELDS)
+
+
+@pytest.mark.parametrize("relabel", ["recipe", "task parameter", "attacks"])
+def test_a_relabelled_record_loses_its_audit(tmp_path: Path, relabel: str) -> None:
+    """A record relabelled by hand (its key recomputed and its file renamed, so that it is
+    consistent) with its audit copied along (the audit's key edited to match) is not audited."""
+    res = tmp_path / "res"
+    rec = make_record(attacks=("analytic", "pgd", "exact"))
+    path = write_record(rec, res)
+    audit = write_audit_json(rec, path)
+    assert audit_cell(leaderboard.render(leaderboard.load(res))) == "0.000 (1/1)"
+    obj = rec.to_json()
+    if relabel == "recipe":
+        obj["recipe"] = obj["config"]["recipe"] = "fine"
+    elif relabel == "task parameter":
+        obj["config"]["task_params"]["d"] = 32
+    else:
+        obj["config"]["attacks"]["fab"] = {}
+        obj["attacks"].append("fab")
+        obj["robust_accuracy"]["fab"] = dict(obj["robust_accuracy"]["worst"])
+    obj["key"] = config_key(obj["config"])
+    fake = Record.from_json(obj)
+    path.unlink()
+    path.with_name(path.stem + ".audit").unlink()
+    new_path = write_record(fake, res)
+    new_path.with_name(new_path.stem + ".audit").write_text(json.dumps({**audit, "record_key": fake.key}))
+    with pytest.warns(leaderboard.RecordWarning, match="is not an audit of this record"):
+        md = leaderboard.render(leaderboard.load(res))
+    (line,) = [line for line in md.splitlines() if line.startswith("| fine" if relabel == "recipe" else "| binary")]
+    assert "(1/1)" not in line and "| no " in line
+
+
+def test_partial_and_unreproduced_audits_are_shown_as_such(tmp_path: Path) -> None:
+    """Only audits that ran the full strong suite (exact may be skipped as already run or
+    inapplicable) and reproduced the record count as audited; the others are shown distinctly."""
+    from fabench import audit
+
+    res = tmp_path / "res"
+    recs = [make_record(seed=s, attacks=("analytic", "pgd", "exact")) for s in range(4)]
+    paths = [write_record(rec, res) for rec in recs]
+    write_audit_json(recs[0], paths[0], gap=0.02)  # full: exact already run by the record
+    write_audit_json(recs[1], paths[1], ran=FULL_SUITE, skipped={"exact": INAPPLICABLE})  # full
+    assert audit_cell(leaderboard.render(leaderboard.load(res))) == "0.020 (2/4)"
+    write_audit_json(recs[2], paths[2], gap=0.05, ran=("pairwise",))  # `fabench audit --strong pairwise`
+    assert audit_cell(leaderboard.render(leaderboard.load(res))) == "0.020 (2/4); 0.050 (partial, 1/4)"
+    write_audit_json(recs[2], paths[2], ran=FULL_SUITE, modified=("apgd",))  # --strong-set apgd.steps=1
+    assert audit_cell(leaderboard.render(leaderboard.load(res))) == "0.020 (2/4); 0.000 (partial, 1/4)"
+    write_audit_json(recs[3], paths[3], reproduced=False)
+    assert audit_cell(leaderboard.render(leaderboard.load(res))) == \
+        "0.020 (2/4); 0.000 (partial, 1/4); **not reproduced** (1/4)"
+    assert (ALREADY_RUN, INAPPLICABLE) == (audit.SKIP_ALREADY_RUN, audit.SKIP_INAPPLICABLE)
+    assert STRONG == audit.STRONG_ATTACKS
+    assert audit.is_full_suite({"ran": list(FULL_SUITE), "skipped": {"exact": audit.SKIP_ALREADY_RUN}, "modified": []})
+    assert audit.is_full_suite({"ran": list(audit.STRONG_ATTACKS), "skipped": {}, "modified": []})
+    for suite in ({"ran": ["fab", "cw", "square", "surrogate", "exact"], "skipped": {"apgd": audit.SKIP_INAPPLICABLE},
+                   "modified": []},
+                  {"ran": list(FULL_SUITE), "skipped": {"exact": audit.SKIP_NOT_REQUESTED}, "modified": []},
+                  {"ran": list(audit.STRONG_ATTACKS), "skipped": {}, "modified": ["cw"]},
+                  {"ran": list(audit.STRONG_ATTACKS)}, {}):
+        assert not audit.is_full_suite(suite)
+
+
+def test_conflicting_copies_of_a_record_are_both_left_out(tmp_path: Path) -> None:
+    """A copy of seed 1 elsewhere with the same configuration but other numbers: one warning, and
+    neither copy is shown (nor the genuine one's audit); copies that differ only in volatile
+    fields are one record, shown with the audit of either."""
+    res = tmp_path / "res"
+    recs = three_seeds()
+    genuine = write_record(recs[1], res / "a")
+    for rec in (recs[0], recs[2]):
+        write_record(rec, res / "a")
+    write_audit_json(recs[1], genuine)
+    forged = copy.deepcopy(recs[1])
+    forged.robust_accuracy = {a: {**c, "10": 0.7} for a, c in forged.robust_accuracy.items()}
+    copy_path = write_record(forged, res / "b")
+    with pytest.warns(leaderboard.RecordWarning) as caught:
+        board = leaderboard.load(res)
+    assert [str(w.message) for w in caught] == [
+        f"fabench: skipping 2 records of synthetic/binary seed 1 (key {recs[1].key[:16]}) that disagree: "
+        f"{str(genuine)!r}, {str(copy_path)!r}; keep only the genuine one"]
+    assert board.tables[0].groups[0].seeds == (0, 2)
+    assert audit_cell(leaderboard.render(board)) == "no"
+    later = copy.deepcopy(recs[1])
+    later.timings, later.created = {"train": 3.0}, "2030-01-01T00:00:00+00:00"
+    write_record(later, res / "b")  # the same record, recomputed: its audit is in a/
+    board = leaderboard.load(res)
+    assert board.tables[0].groups[0].seeds == (0, 1, 2)
+    assert audit_cell(leaderboard.render(board)) == "0.000 (1/3)"
+
+
+def _set_curve(name: str, radius: str, value: Any) -> Any:
+    return lambda o: o["robust_accuracy"][name].update({radius: value})
+
+
+def _set_all(radius: str, value: Any) -> Any:
+    return lambda o: [c.update({radius: value}) for c in o["robust_accuracy"].values()]
+
+
+IMPOSSIBLE = {
+    "robust above clean": (lambda o: o.update(clean_accuracy=0.85), "at r=0 (1) is above the clean accuracy (0.85)"),
+    "worst above an attack's curve": (_set_curve("pgd", "10", 0.7), "worst case at r=10 (0.9) is above pgd's curve"),
+    "rising with the radius": (_set_all("20", 0.95), "rises with the radius"),
+    "negative": (_set_all("20", -0.1), "not a number in [0, 1]"),
+    "NaN": (_set_all("20", math.nan), "robust accuracy of analytic at r=20 is nan"),
+    "missing": (lambda o: o["robust_accuracy"]["worst"].pop("20"), "worst at r=20 is None"),
+    "clean accuracy above 1": (lambda o: o.update(clean_accuracy=1.5), "clean accuracy 1.5"),
+    "no curve of an attack": (lambda o: o["robust_accuracy"].pop("pgd"), "attacks pgd have no robust accuracy"),
+    "worst below what the attacks can break": (
+        lambda o: [_set_curve("analytic", "10", 0.98)(o), _set_curve("pgd", "10", 0.98)(o)],
+        "below what all the attacks together can have broken"),
+    "median distance above a radius where most points are broken": (
+        lambda o: o.update(median_min_distance=25.0), "only 0.1 of the points are unbroken at r=20"),
+    "certified above the worst case": (
+        lambda o: o.update(certified={"space": "input", "robust_accuracy": {"0": 1.0, "10": 0.95, "20": 0.1}}),
+        "certified robust accuracy at r=10"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
+def test_impossible_records_are_left_out(tmp_path: Path, case: str) -> None:
+    change, message = IMPOSSIBLE[case]
+    res = tmp_path / "res"
+    write_record(make_record(seed=1), res)
+    bad = write_record(make_record(seed=0), res)
+    obj = json.loads(bad.read_text())
+    change(obj)
+    bad.write_text(json.dumps(obj))  # NaN as the JSON extension NaN
+    with pytest.warns(leaderboard.RecordWarning) as caught:
+        board = leaderboard.load(res)
+    (warning,) = [str(w.message) for w in caught]
+    assert warning.startswith(f"fabench: skipping {str(bad)!r}: ") and message in warning
+    assert board.tables[0].groups[0].seeds == (1,)
+
+
+def test_fast_mode_curves_are_cumulative(tmp_path: Path) -> None:
+    """In ``fast`` mode each attack's curve is the worst case so far: the lowest is the worst case.
+    The same numbers in ``full`` mode (attacks' own curves) are possible."""
+    res = tmp_path / "res"
+    for mode in ("full", "fast"):
+        rec = make_record(seed=0 if mode == "full" else 1)
+        rec.config["protocol"] = mode
+        rec.key = config_key(rec.config)
+        rec.robust_accuracy["analytic"]["10"], rec.robust_accuracy["pgd"]["10"] = 0.95, 0.92
+        write_record(rec, res)
+    with pytest.warns(leaderboard.RecordWarning) as caught:
+        board = leaderboard.load(res)
+    (warning,) = [str(w.message) for w in caught]
+    assert "seed1-" in warning and "not the lowest of the fast mode's cumulative curves" in warning
+    assert [g.seeds for g in board.tables[0].groups] == [(0,)]
