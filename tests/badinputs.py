@@ -212,7 +212,7 @@ def prepare(root: Path, good_record: dict | None = None, *, mnist: bool = True) 
     for name, blob in [("good", None), *bad.items()]:
         d = root / f"rec-{name}" / "synthetic" / "binary"
         d.mkdir(parents=True)
-        (d / "seed0-good.json").write_text(json.dumps(good_record))
+        (d / f"seed0-{good_record['key'][:16]}.json").write_text(json.dumps(good_record))
         if blob is not None:
             (d / "seed1-bad.json").write_bytes(blob)
     # plugins
