@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -34,6 +35,23 @@ else:
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "FABENCH_CACHE"
+
+
+class CacheWarning(UserWarning):
+    """The cache could not be written (or an entry was unreadable); the run goes on without it."""
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(topic: str, message: str) -> None:
+    """Warn with ``message`` unless ``topic`` (a cache directory) was already warned about in this
+    process: an unwritable cache fails for every entry, and one line says so."""
+    if topic in _WARNED:
+        log.debug("%s", message)
+        return
+    _WARNED.add(topic)
+    warnings.warn(message, CacheWarning, stacklevel=3)
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -92,11 +110,12 @@ def load_entry(path: Path) -> dict[str, Any] | None:
         blob = path.read_bytes()
         expected = digest_path(path).read_text(encoding="ascii").strip()
         if hashlib.sha256(blob).hexdigest() != expected:
-            log.warning("ignoring cache entry %s: its content does not match its hash", path)
+            _warn_once(f"entry {path}", f"ignoring cache entry {path}: its content does not match its hash "
+                                        "(it is recomputed)")
             return None
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or unverifiable entry is a miss; it is rewritten atomically
-        log.warning("ignoring unreadable cache entry %s (%s)", path, type(exc).__name__)
+        _warn_once(f"entry {path}", f"ignoring unreadable cache entry {path} ({type(exc).__name__}; it is recomputed)")
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -113,8 +132,9 @@ def _write_bytes_atomic(path: Path, blob: bytes) -> None:
 
 
 def save_entry(path: Path, obj: Mapping[str, Any]) -> bool:
-    """Write ``obj`` atomically with its content hash; returns False (and logs) on *any* failure:
-    the cache is best effort and never stops a run."""
+    """Write ``obj`` atomically with its content hash; returns False on *any* failure, with one
+    :class:`CacheWarning` per cache directory (its root, two levels above the entry): the cache is
+    best effort and never stops a run."""
     try:
         buf = io.BytesIO()
         torch.save(dict(obj), buf)
@@ -123,7 +143,8 @@ def save_entry(path: Path, obj: Mapping[str, Any]) -> bool:
         _write_bytes_atomic(path, blob)
         _write_bytes_atomic(digest_path(path), hashlib.sha256(blob).hexdigest().encode("ascii"))
     except Exception as exc:
-        log.warning("cannot write cache entry %s (%s: %s); continuing without caching", path,
-                    type(exc).__name__, getattr(exc, "strerror", None) or exc)
+        root = path.parent.parent
+        _warn_once(f"root {root}", f"cannot write to the cache directory {str(root)!r} "
+                                   f"({getattr(exc, 'strerror', None) or exc}); continuing without caching")
         return False
     return True

@@ -5,21 +5,26 @@ Every error of input or data is one line on stderr and exit status 2; never a tr
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
 import sys
-import traceback
-import warnings
-from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence, TextIO
 
-from tabulate import tabulate
+try:  # Ctrl-C while the command line is still being imported: one line and 130, no traceback
+    import argparse
+    import json
+    import math
+    import os
+    import traceback
+    import warnings
+    from pathlib import Path
+    from typing import Any, Callable, NoReturn, Sequence, TextIO
 
-from fabench.errors import ConfigError, FabenchError, RecordWriteError
-from fabench.params import parse_assignments, parse_value
-from fabench.records import Record, default_results_dir, radius_key
+    from tabulate import tabulate
+
+    from fabench.errors import ConfigError, FabenchError, RecordWriteError
+    from fabench.params import parse_assignments, parse_value
+    from fabench.records import Record, default_results_dir, radius_key
+except KeyboardInterrupt:  # pragma: no cover - timing-dependent
+    sys.stderr.write("fabench: interrupted\n")
+    raise SystemExit(130) from None
 
 EXIT_USAGE = 2
 REGISTRY_KINDS = ("tasks", "recipes", "attacks")
@@ -36,13 +41,18 @@ def parse_radii(text: str) -> list[float]:
     from fabench.validation import MAX_RADII, MAX_RADIUS
 
     text = text.strip()
+    if not text:
+        raise ConfigError("--epsilons is empty: give radii like 0,10,20 or start:stop:step, or leave "
+                          "--epsilons out for the task's own grid")
+    if ":" not in text and any(not p.strip() for p in text.split(",")):
+        raise ConfigError(f"--epsilons {text!r}: an empty item (two commas, or one at an end)")
     try:
         if ":" in text:
             parts = [float(p) for p in text.split(":")]
             if len(parts) != 3:
                 raise ValueError
         else:
-            values = [float(p) for p in text.split(",") if p.strip()]
+            values = [float(p) for p in text.split(",")]
     except ValueError:
         raise ConfigError(f"--epsilons {text!r}: expected numbers like 0,10,20 or start:stop:step") from None
     if ":" in text:
@@ -54,7 +64,7 @@ def parse_radii(text: str) -> list[float]:
         raise ConfigError(f"--epsilons {text!r}: radii must be finite and non-negative")
     if max(values) > MAX_RADIUS or len(values) > MAX_RADII:
         raise ConfigError(f"--epsilons {text!r}: at most {MAX_RADII} radii, each at most {MAX_RADIUS:g}")
-    return values
+    return [v + 0.0 for v in values]  # -0.0 + 0.0 is 0.0: "-0" is radius 0, one key, not two
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -169,8 +179,9 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 
     human = sys.stderr if args.json else out
     attacks = attack_names(args.attacks)
-    radii = parse_radii(args.epsilons) if args.epsilons else None
+    radii = parse_radii(args.epsilons) if args.epsilons is not None else None
     overrides = parse_assignments(args.set or [])
+    check_runtime_options(args)
     out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed, attacks=attacks, radii=radii,
@@ -190,6 +201,45 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """``--device`` (or ``$FABENCH_DEVICE``), ``--threads`` and ``--cache-dir``, checked before a
+    finished record is looked up: a bad value is an error even where nothing is computed."""
+    from fabench.device import check_threads, device_spec
+
+    device_spec(args.device)
+    check_threads(args.threads)
+    if args.cache_dir:
+        _check_cache_dir(Path(args.cache_dir).expanduser())
+
+
+def _check_cache_dir(path: Path) -> None:
+    """``--cache-dir`` that is a file, or below one, or that cannot be created: a ConfigError (the
+    directory itself is created only when something is cached)."""
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"--cache-dir {str(path)!r} is a file, not a directory")
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"--cache-dir {str(path)!r} is not writable")
+        return
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--cache-dir {str(path)!r} cannot be created: {str(parent)!r} is not a writable directory")
+
+
+def threads_option(text: str) -> int:
+    """``--threads``: an integer from 0 (torch's default) to 4 x the CPUs here, checked as it is parsed."""
+    from fabench.device import check_threads
+
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    try:
+        return check_threads(value, what="--threads")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threads ")) from None
+
+
 def _notice(text: str) -> None:
     sys.stderr.write(f"fabench: {text}\n")
 
@@ -197,6 +247,8 @@ def _notice(text: str) -> None:
 def parse_seeds(text: str) -> list[int]:
     """``0,1,2`` or ``0:3`` (half-open, like ``range``) -> distinct seeds in the given order."""
     text = text.strip()
+    if text and ":" not in text and any(not p.strip() for p in text.split(",")):
+        raise ConfigError(f"--seeds {text!r}: an empty item (two commas, or one at an end)")
     try:
         if ":" in text:
             lo, _, hi = text.partition(":")
@@ -205,7 +257,7 @@ def parse_seeds(text: str) -> list[int]:
                 raise ConfigError(f"--seeds {text!r}: {hi_i - lo_i} seeds; at most 100000 at once")
             seeds = list(range(lo_i, hi_i))
         else:
-            seeds = [int(p) for p in text.split(",") if p.strip()]
+            seeds = [int(p) for p in text.split(",")] if text else []
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2 or a range like 0:3") from None
     if not seeds:
@@ -239,6 +291,8 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("give either --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+    if args.plot and args.plot_dir:  # before any work: a record written, then no figures, is a surprise
+        _check_out_dir(Path(args.plot_dir).expanduser(), "--plot-dir")
     for seed in seeds:
         if len(seeds) > 1 and not args.json:
             out.write(f"== seed {seed} ==\n")
@@ -252,7 +306,8 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
         for seed in seeds:  # the records just written or reused, found again by their key
             cfg = RunConfig(task=args.task, recipe=args.recipe, seed=seed,
                             attacks=attack_names(args.attacks),
-                            radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.n_eval,
+                            radii=parse_radii(args.epsilons) if args.epsilons is not None else None,
+                            n_eval=args.n_eval,
                             overrides=parse_assignments(args.set or []), data_dir=args.data_dir,
                             cache_dir=args.cache_dir, protocol=args.protocol)
             res = resolve(cfg)
@@ -260,6 +315,7 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
             if rec is not None:
                 records.append(rec)
         plot_dir = Path(args.plot_dir).expanduser() if args.plot_dir else out_dir / "figures"
+        _check_out_dir(plot_dir, "--plot-dir" if args.plot_dir else "figures directory")
         paths = plots.plot_evaluation(records, out_dir=plot_dir)
         human = sys.stderr if args.json else out
         human.write("figures: " + ", ".join(str(p) for p in paths) + "\n")
@@ -472,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the earlier ones left unbroken (the same or a stronger worst case, cheaper)")
     ev.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps "
                                      "(default: $FABENCH_DEVICE, else auto); recorded, not part of the key")
-    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    ev.add_argument("--threads", type=threads_option, default=0,
+                    help="torch CPU threads (default 0: torch's default; at most 4 x the CPUs here)")
     ev.add_argument("--batch-size", type=int, default=0,
                     help="points attacked together (default 0: on a CPU 500, fewer where the model's "
                          "largest activation would exceed 16 MiB; on a GPU from free memory)")
@@ -522,7 +579,8 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
         attacks = attack_names(args.attacks)
         cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed,
                         attacks=tuple(attacks) if tuple(attacks) == DEFAULT_ATTACKS else attacks,
-                        radii=parse_radii(args.epsilons) if args.epsilons else None, n_eval=args.record_n_eval,
+                        radii=parse_radii(args.epsilons) if args.epsilons is not None else None,
+                        n_eval=args.record_n_eval,
                         overrides=parse_assignments(args.set or []))
         res = resolve(cfg)
         out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
@@ -551,11 +609,12 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """fabench's own warnings (a plugin that failed to load) as one line; others as usual."""
+    from fabench.cache import CacheWarning
     from fabench.records import RecordWarning
     from fabench.registry import PluginWarning
 
     text = str(message)
-    if issubclass(category, (PluginWarning, RecordWarning)):
+    if issubclass(category, (PluginWarning, RecordWarning, CacheWarning)):
         sys.stderr.write(f"fabench: warning: {text.removeprefix('fabench: ')}\n")
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

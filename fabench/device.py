@@ -37,11 +37,39 @@ GPU_BYTES_PER_ACTIVATION = 16
 
 
 def device_spec(text: str | None) -> str:
-    """``--device`` (or ``$FABENCH_DEVICE``, else ``auto``), checked: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``."""
-    spec = (text or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    """``--device`` (or ``$FABENCH_DEVICE``, else ``auto``), checked: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``.
+
+    The error names where the bad value came from (``--device`` or ``FABENCH_DEVICE``)."""
+    env = os.environ.get(DEVICE_ENV)
+    origin = "--device" if text else DEVICE_ENV
+    spec = (text or env or "auto").strip().lower()
     if not _SPEC.match(spec):
-        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"{origin} {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
     return spec
+
+
+def max_threads() -> int:
+    """The most CPU threads fabench accepts: :data:`THREADS_PER_CPU` per CPU of this machine.
+
+    More threads than that only oversubscribe the CPUs (1000 threads on 2 cores ran 20x slower),
+    and far more exhaust the OpenMP runtime (libgomp aborts, then a segfault)."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+#: ``--threads`` may be at most this many per CPU (:func:`max_threads`).
+THREADS_PER_CPU = 4
+
+
+def check_threads(threads: object, *, what: str = "--threads") -> int:
+    """``threads`` if it is an integer from 0 (torch's default) to :func:`max_threads`, else a ConfigError."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise ConfigError(f"{what} must be an integer, got {threads!r}")
+    if threads < 0:
+        raise ConfigError(f"{what} must be >= 0 (0 = torch's default), got {threads}")
+    if threads > max_threads():
+        raise ConfigError(f"{what} {threads}: at most {max_threads()} ({THREADS_PER_CPU} x the "
+                          f"{os.cpu_count() or 1} CPUs here)")
+    return threads
 
 
 def resolve_device(text: str | None = None) -> "torch.device":
@@ -141,11 +169,12 @@ def module_device(module: "torch.nn.Module") -> "torch.device":
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's CPU threads (``0``: leave torch's default); returns the number in use."""
+    """Set torch's CPU threads (``0``: leave torch's default); returns the number in use.
+
+    ``threads`` outside ``0..``:func:`max_threads` is a ConfigError (:func:`check_threads`)."""
+    check_threads(threads)
     import torch
 
-    if threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
     return int(torch.get_num_threads())

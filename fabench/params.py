@@ -37,13 +37,24 @@ def parse_value(text: str, default: Any, *, key: str = "value") -> Any:
         if isinstance(default, (tuple, list)):
             items = [t for t in text.replace(" ", "").split(",") if t]
             proto = default[0] if default else 0
-            return tuple(parse_value(t, proto, key=key) for t in items)
+            return check_distinct(tuple(parse_value(t, proto, key=key) for t in items), key=key)
         if default is None:
             return text
         return type(default)(text)
+    except ConfigError:  # already says what is wrong (a repeated item)
+        raise
     except ValueError:
         kind = type(default).__name__ if default is not None else "text"
         raise ConfigError(f"cannot read {key}={text!r}: expected {kind}") from None
+
+
+def check_distinct(items: tuple[Any, ...], *, key: str) -> tuple[Any, ...]:
+    """``items`` if no value repeats, else a ConfigError: a list parameter (``positive_classes``) is
+    a set, and ``0,0`` would be a second configuration key for the computation of ``0``."""
+    seen = [v for i, v in enumerate(items) if v in items[:i]]
+    if seen:
+        raise ConfigError(f"{key}: {seen[0]!r} is given more than once in {','.join(map(str, items))}")
+    return items
 
 
 def coerce(value: Any, default: Any, *, key: str) -> Any:
@@ -59,7 +70,9 @@ def coerce(value: Any, default: Any, *, key: str) -> Any:
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got {value!r}")
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
-        return tuple(value)
+        if any(isinstance(v, (list, tuple, dict)) for v in value):
+            raise ConfigError(f"{key}: expected a flat list of numbers, got {value!r}")
+        return check_distinct(tuple(value), key=key)
     if default is not None and not isinstance(value, type(default)):
         raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
     return value

@@ -63,6 +63,10 @@ TOP_KEYS = ("out", "description", "grid", "task", "recipe") + GRID_KEYS
 DEVICES = ("cpu", "cuda")
 DEFAULT_OUT = "records"
 RETRIES = 1
+#: The most jobs one sweep file may expand to (counted before anything is expanded or resolved).
+MAX_JOBS = 100_000
+#: The most CPUs one job may ask Ray for.
+MAX_CPUS_PER_JOB = 1024
 
 
 @dataclass(frozen=True)
@@ -162,9 +166,13 @@ def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, str) and ":" in value:
         lo, _, hi = value.partition(":")
         try:
-            seeds = list(range(int(lo), int(hi)))
+            span = range(int(lo), int(hi))
         except ValueError:
-            seeds = []
+            span = range(0)
+        if len(span) > MAX_JOBS:  # refused before the list is built (0:100000000000 filled the memory)
+            raise ConfigError(f"{where}: seeds {value!r} are {len(span):,} seeds; a sweep may have at most "
+                              f"{MAX_JOBS:,} jobs")
+        seeds = list(span)
     elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         seeds = list(value)
     else:
@@ -189,7 +197,7 @@ def _epsilons(value: Any, where: str) -> list[float] | None:
                 raise bad
             radii = list(radius_grid(*parts))
         elif isinstance(value, str):
-            radii = [float(p) for p in value.split(",") if p.strip()]
+            radii = [float(p) for p in value.split(",")]  # an empty item ("0,,1") is an error
         elif isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                              for v in value):
             radii = [float(v) for v in value]
@@ -199,7 +207,7 @@ def _epsilons(value: Any, where: str) -> list[float] | None:
         raise bad from None
     if not radii or any(r != r or r in (float("inf"),) or r < 0 for r in radii):
         raise bad
-    return radii
+    return [r + 0.0 for r in radii]  # -0.0 + 0.0 is 0.0: one radius 0, one configuration key
 
 
 def _int(value: Any, key: str, where: str, *, minimum: int) -> int:
@@ -209,8 +217,10 @@ def _int(value: Any, key: str, where: str, *, minimum: int) -> int:
 
 
 def _cpus(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{where}: cpus must be a positive number, got {value!r}")
+    """The CPUs a job asks Ray for: a number in (0, :data:`MAX_CPUS_PER_JOB`] (``inf`` or ``1e308``
+    would pass as "positive" and then fail inside Ray)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_CPUS_PER_JOB:
+        raise ConfigError(f"{where}: cpus must be a number above 0 and at most {MAX_CPUS_PER_JOB}, got {value!r}")
     return float(value)
 
 
@@ -306,9 +316,12 @@ def load_sweep(
     grids_raw = doc.get("grid", [{}])
     if isinstance(grids_raw, dict) or not isinstance(grids_raw, list) or not all(isinstance(g, dict) for g in grids_raw):
         raise ConfigError(f"{name}: grid must be an array of tables ([[grid]])")
+    if not grids_raw:
+        raise ConfigError(f"{name}: grid = [] has no grids; give [[grid]] tables, or leave grid out to run "
+                          "the top-level tasks and recipes")
     top = {k: v for k, v in doc.items() if k in GRID_KEYS}
     grids = []
-    for i, g in enumerate(grids_raw or [{}]):
+    for i, g in enumerate(grids_raw):
         where = f"{name}: [[grid]] #{i + 1}" if "grid" in doc else name
         _check_keys(g, GRID_KEYS, where)
         merged = {**top, **g}
@@ -333,6 +346,7 @@ def load_sweep(
     def task_ref(t: str) -> str:  # a task file is relative to the sweep file
         return str((base / Path(t).expanduser()).resolve()) if t.endswith(".toml") else t
 
+    count_jobs(grids, overrides)
     jobs: list[Job] = []
     seen: set[str] = set()
     duplicates = 0
@@ -379,6 +393,21 @@ def load_sweep(
                                         dev, cpus, record_path(out_dir, res.task_name, res.recipe_name, seed,
                                                                res.key), res))
     return Sweep(path, out_dir, jobs, duplicates)
+
+
+def count_jobs(grids: Sequence[tuple[str, Mapping[str, Any]]],
+               overrides: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+    """The jobs the grids expand to (duplicates included), or a ConfigError above :data:`MAX_JOBS`:
+    counted from the axes' lengths before any job is built or resolved."""
+    total = 0
+    for where, g in grids:
+        n = (len(_names(g["tasks"], "tasks", where)) * len(_names(g["recipes"], "recipes", where))
+             * len(_seeds(g.get("seeds", [0]), where)) * (len(_variants(g["variants"], where)) if "variants" in g else 1))
+        total += n
+        if total > MAX_JOBS:
+            raise ConfigError(f"{where}: the sweep expands to more than {MAX_JOBS:,} jobs (tasks x recipes x "
+                              f"variants x seeds); split it into several sweep files")
+    return total
 
 
 def finished(sweep: Sweep) -> list[bool]:
@@ -500,12 +529,13 @@ def run_sweep(
 
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    check_writable(sweep.out_dir)
     t_start = time.perf_counter()
     done_before = finished(sweep)
     result = SweepResult(total=len(sweep.jobs))
     result.reused = [j for j, f in zip(sweep.jobs, done_before) if f]
     todo = [j for j, f in zip(sweep.jobs, done_before) if not f]
+    if todo:  # reusing finished records writes nothing: a read-only results directory is fine then
+        check_writable(sweep.out_dir)
     settled = len(result.reused)
 
     def settle(job: Job, out: Mapping[str, Any] | None, error: str) -> None:

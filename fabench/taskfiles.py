@@ -40,6 +40,11 @@ from fabench.errors import ConfigError, FabenchError, UnknownNameError
 from fabench.types import Meta, Params, ProgressFn, TaskData, no_progress
 
 TASKS_PATH_ENV = "FABENCH_TASKS_PATH"
+#: The keys a task file may have at its top level, and in its ``[radii]`` table.
+TOP_KEYS = ("name", "kind", "description", "reference", "params", "radii", "recipe_defaults")
+RADII_KEYS = ("start", "stop", "step", "headline")
+#: The longest task name (it is a directory name of the records).
+MAX_NAME = 100
 
 
 class TaskKind(Protocol):
@@ -123,9 +128,15 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
         raise ConfigError(f"task file {str(p)!r} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"task file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    where = f"task file {str(p)!r}"
+    _check_keys(raw, TOP_KEYS, where)
     for table in ("params", "radii", "recipe_defaults"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"task file {str(p)!r}: [{table}] must be a table, got {raw[table]!r}")
+    _check_keys(raw.get("radii", {}), RADII_KEYS, f"{where}: [radii]")
+    for text_key in ("description", "reference"):
+        if not isinstance(raw.get(text_key, ""), str):
+            raise ConfigError(f"{where}: {text_key} must be a string, got {raw[text_key]!r}")
     _import_kinds()
     kind = raw.get("kind")
     if kind not in TASK_KINDS:
@@ -138,8 +149,8 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
                        bounds=getattr(kind_cls, "bounds", None), choices=getattr(kind_cls, "choices", None))
     rad = raw.get("radii", {})
     try:
-        radii = radius_grid(float(rad["start"]), float(rad["stop"]), float(rad["step"]))
-        headline = tuple(float(r) for r in rad.get("headline", radii))
+        radii = radius_grid(*(_number(rad[k], f"[radii] {k}") for k in ("start", "stop", "step")))
+        headline = _headline(rad["headline"], radii, strict=source != "fabench") if "headline" in rad else radii
     except KeyError as exc:
         raise ConfigError(f"task file {str(p)!r}: [radii] needs start, stop, step ({exc} missing)") from None
     except ConfigError as exc:
@@ -149,10 +160,12 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
     rd = raw.get("recipe_defaults", {})
     if not isinstance(rd, dict) or not all(isinstance(v, dict) for v in rd.values()):
         raise ConfigError(f"task file {str(p)!r}: [recipe_defaults.<recipe>] tables expected")
+    if source != "fabench":  # the shipped files name only built-in recipes
+        _warn_unknown_recipes(rd, where)
     meta = Meta(
         name=name,
-        description=str(raw.get("description", "")),
-        reference=str(raw.get("reference", "")),
+        description=raw.get("description", ""),
+        reference=raw.get("reference", ""),
         params=params,
         source=source,
         bounds=dict(getattr(kind_cls, "bounds", {})),
@@ -162,12 +175,73 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
 
 
 def safe_name(name: Any, *, where: str) -> str:
-    """A task name that is also a safe path component (records are stored under it)."""
+    """A task name that is also a safe path component (records are stored under it): one line of
+    at most :data:`MAX_NAME` printable characters."""
     text = str(name).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
     if not text or text in (".", "..") or any(c in text for c in "/\\\0") or text != str(name):
         raise ConfigError(f"{where}: name {name!r} must be a non-empty word without '/', '\\' or "
                           "surrounding spaces, and not '.' or '..'")
+    if not text.isprintable():
+        raise ConfigError(f"{where}: name {name!r} has a line break or another control character")
+    if len(text) > MAX_NAME:
+        raise ConfigError(f"{where}: name is {len(text)} characters long; at most {MAX_NAME}")
     return text
+
+
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """Every key of ``table`` among ``allowed``, or a ConfigError naming the first other one."""
+    import difflib
+
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
+
+
+def _number(value: Any, what: str) -> float:
+    """A TOML integer or float (not a boolean, not text) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def _headline(value: Any, radii: tuple[float, ...], *, strict: bool = True) -> tuple[float, ...]:
+    """``headline``: a non-empty list of finite non-negative radii of the grid (snapped to the grid's
+    own values). With ``strict=False`` (the shipped files) a radius off the grid is kept as it was,
+    and dropped when a run resolves its headline radii."""
+    import math
+
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"[radii] headline must be a non-empty list of radii of the grid, got {value!r}")
+    out = []
+    for h in value:
+        r = _number(h, "[radii] headline radius")
+        if not math.isfinite(r) or r < 0:
+            raise ConfigError(f"[radii] headline radius {h!r} must be finite and non-negative")
+        match = [g for g in radii if abs(g - r) <= 1e-9 * max(1.0, abs(g))]
+        if not match and not strict:
+            match = [r]
+        if not match:
+            raise ConfigError(f"[radii] headline radius {h!r} is not on the grid "
+                              f"({radii[0]:g} to {radii[-1]:g} in steps; headline radii must be grid radii)")
+        out.append(match[0])
+    return tuple(dict.fromkeys(out))
+
+
+def _warn_unknown_recipes(tables: Mapping[str, Any], where: str) -> None:
+    """One warning line naming the ``[recipe_defaults.X]`` tables of recipes that are not registered
+    (nothing is refused: the recipe may come from a plugin that is not installed here)."""
+    from fabench import registry
+
+    reg = registry.recipes
+    reg._ensure_builtins()
+    known = set(reg._entries) | {ep.name for ep in reg._group_entry_points()}
+    unknown = sorted(n for n in tables if n != "*" and n.partition("@")[0] not in known)
+    if unknown:
+        warnings.warn(f"{where}: [recipe_defaults] names recipes that are not registered here: "
+                      f"{', '.join(unknown)} (a plugin not installed?); their defaults are unused",
+                      registry.PluginWarning, stacklevel=3)
 
 
 def builtin_task_files() -> list[Path]:

@@ -346,3 +346,25 @@ def test_describe_device_names_the_gpu() -> None:
     assert describe_device("cpu") == "cpu" and describe_device(torch.device("cpu")) == "cpu"
     if torch.cuda.is_available():  # the name is the driver's (e.g. cuda:0 (NVIDIA H100 80GB HBM3))
         assert describe_device("cuda") == f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+
+
+def test_threads_are_bounded_by_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabench.device import check_threads, max_threads, set_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert max_threads() == 8 and check_threads(8) == 8 and check_threads(0) == 0
+    for bad in (9, 1000, 65536, 2**64, 99999999999999999999):
+        with pytest.raises(ConfigError, match=r"at most 8 \(4 x the 2 CPUs here\)"):
+            check_threads(bad)
+        with pytest.raises(ConfigError, match="at most 8"):  # the API refuses before torch is asked
+            set_threads(bad)
+    with pytest.raises(ConfigError, match=">= 0"):
+        set_threads(-1)
+
+
+def test_a_bad_device_from_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FABENCH_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match=r"^FABENCH_DEVICE 'tpu'"):
+        device_spec(None)
+    with pytest.raises(ConfigError, match=r"^--device 'gpu'"):
+        device_spec("gpu")

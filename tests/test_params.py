@@ -63,3 +63,34 @@ def test_record_config_holds_only_the_backbone_parameters_that_matter() -> None:
     assert resolve(RunConfig(task="synthetic", recipe="fine", overrides=[("h", "2")])).key != base
     with pytest.raises(UnknownNameError, match="unknown backbone"):
         resolve(RunConfig(task="synthetic", recipe="fine", overrides=[("backbone", "vgg")]))
+
+
+@pytest.mark.parametrize("text", ["0,0", "0,1,0", "1, 1"])
+def test_a_repeated_list_item_is_an_error_not_a_second_key(text: str) -> None:
+    with pytest.raises(ConfigError, match="is given more than once"):
+        parse_value(text, (0, 1), key="positive_classes")
+    with pytest.raises(ConfigError, match="is given more than once"):  # from a task file
+        resolve({"positive_classes": (0, 1)}, {"positive_classes": [int(t) for t in text.split(",")]}, owner="t")
+
+
+@pytest.mark.parametrize("kv", ["lr=1e308", "init_std=1e308", "backbone_lr=1e308", "sigma=1e308",
+                                "recipe.lr=1e7", "task.sigma=2e6"])
+def test_huge_float_parameters_are_refused_by_their_declared_range(kv: str) -> None:
+    from fabench.evaluation import RunConfig
+    from fabench.evaluation import resolve as resolve_run
+
+    key, _, value = kv.partition("=")
+    with pytest.raises(ConfigError, match="is outside its range"):
+        resolve_run(RunConfig(task="synthetic", recipe="binary", attacks=["analytic"], overrides=[(key, value)]))
+
+
+def test_huge_bias_fraction_is_refused_and_defaults_are_unchanged() -> None:
+    from fabench import registry
+    from fabench.evaluation import RunConfig
+    from fabench.evaluation import resolve as resolve_run
+
+    with pytest.raises(ConfigError, match="bias_fraction=1e\\+308 is outside its range"):
+        resolve_run(RunConfig(task="synthetic", recipe="robust", attacks=["analytic"],
+                              overrides=[("bias_fraction", "1e308")]))
+    assert registry.recipes.get("binary").meta.params["lr"] == 0.001  # keys depend on the defaults
+    assert registry.recipes.get("robust").meta.params["bias_fraction"] == 0.25

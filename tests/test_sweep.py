@@ -315,3 +315,64 @@ def test_an_unreachable_ray_cluster_is_one_line_exit_2_and_nothing_runs(tmp_path
     assert proc.returncode == 2 and "1 jobs, 0 finished, 1 to run" in out
     assert err == f"fabench: error: no Ray cluster reachable at 127.0.0.1:{port}: Connection refused\n"
     assert not list((tmp_path / "records").rglob("*.json"))
+
+
+FUZZ = """
+tasks = ["synthetic"]
+recipes = ["binary"]
+attacks = ["analytic"]
+set = ["d=16", "k=4", "n_train=20", "n_test=10", "steps=5"]
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ("cpus = inf\n", "cpus must be a number above 0 and at most 1024"),
+        ("cpus = 1e308\n", "at most 1024"),
+        ('seeds = "0:100000000000"\n', "100,000,000,000 seeds; a sweep may have at most 100,000 jobs"),
+        ('seeds = "0:20000000"\n', "at most 100,000 jobs"),
+        ("grid = []\n", "grid = [] has no grids"),
+        ('epsilons = "0,,1"\n', "epsilons must be"),
+    ],
+)
+def test_sweep_file_values_that_crashed_ray_or_hung_are_refused_up_front(
+    tmp_path: Path, extra: str, needle: str, capsys
+) -> None:
+    path = write(tmp_path / "s.toml", FUZZ + extra)
+    code, out, err = cli(["sweep", str(path), "--dry-run"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, err
+
+
+def test_sweep_job_count_is_capped_across_axes_before_expanding(tmp_path: Path) -> None:
+    # 400 seeds x 300 variants = 120 000 jobs: refused by counting, nothing resolved
+    variants = "variants = [" + ", ".join(f'["d={16 + i}"]' for i in range(300)) + "]\n"
+    path = write(tmp_path / "s.toml", FUZZ + 'seeds = "0:400"\n' + variants)
+    with pytest.raises(S.ConfigError, match="more than 100,000 jobs"):
+        S.load_sweep(path)
+
+
+def test_sweep_negative_zero_radius_is_radius_zero(tmp_path: Path) -> None:
+    a = S.load_sweep(write(tmp_path / "a.toml", FUZZ + "epsilons = [-0.0, 1]\n"))
+    b = S.load_sweep(write(tmp_path / "b.toml", FUZZ + "epsilons = [0, 1]\n"))
+    assert a.jobs[0].key == b.jobs[0].key
+    assert str(a.jobs[0].config.radii[0]) == "0.0"
+
+
+def test_sweep_of_finished_records_needs_no_writable_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    path = write(tmp_path / "s.toml", FUZZ + 'epsilons = "0,1,2"\n')
+    code, _, err = cli(["sweep", str(path), "--jobs", "1", "-q"], capsys)
+    assert code == 0, err
+    import fabench.records
+
+    def read_only(out_dir: Path) -> None:
+        raise S.ConfigError(f"cannot write results to {str(out_dir)!r}: Read-only file system")
+
+    monkeypatch.setattr(fabench.records, "check_writable", read_only)
+    code, out, err = cli(["sweep", str(path), "--jobs", "1", "-q"], capsys)
+    assert code == 0 and "0 ran, 1 reused" in out and err == "", (out, err)
+    (tmp_path / "records").rename(tmp_path / "old")  # a job to run: now the check applies
+    code, _, err = cli(["sweep", str(path), "--jobs", "1", "-q"], capsys)
+    assert code == 2 and "Read-only file system" in err

@@ -71,3 +71,49 @@ def test_radius_grid_inclusive_and_validated() -> None:
     assert radius_grid(0.0, 0.8, 0.08)[-1] == 0.8 and len(radius_grid(0.0, 0.8, 0.08)) == 11
     with pytest.raises(ConfigError):
         radius_grid(0.0, 1.0, 0.0)
+
+
+BASE = 'kind = "synthetic"\n[params]\nd = 16\nk = 4\n[radii]\nstart = 0.0\nstop = 2.0\nstep = 1.0\n'
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("colour = 3\n" + BASE, "unknown key 'colour'; allowed: name, kind, description"),
+        (BASE + "foo = 1\n", "[radii]: unknown key 'foo'; allowed: start, stop, step, headline"),
+        (BASE.replace("start = 0.0\nstop = 2.0\nstep = 1.0", "start = false\nstop = true\nstep = true"),
+         "[radii] start must be a number, got False"),
+        (BASE + "headline = [nan]\n", "must be finite and non-negative"),
+        (BASE + "headline = [-1]\n", "must be finite and non-negative"),
+        (BASE + "headline = [0.5, 7]\n", "headline radius 0.5 is not on the grid"),
+        (BASE + "headline = []\n", "non-empty list"),
+        ("description = {a = 1}\n" + BASE, "description must be a string"),
+        ("reference = 3\n" + BASE, "reference must be a string"),
+        ('name = "a\\nb"\n' + BASE, "line break or another control character"),
+        ('name = "a\\u0007b"\n' + BASE, "control character"),
+        (f'name = "{"a" * 300}"\n' + BASE, "300 characters long; at most 100"),
+    ],
+)
+def test_task_file_mistakes_found_by_the_fuzzer_are_errors(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_task_file(path, source="file:x")
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_headline_radii_are_snapped_to_the_grid_and_a_name_of_100_characters_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(f'name = "{"a" * 100}"\n' + BASE + "headline = [1, 2.0000000000001, 1]\n", encoding="utf-8")
+    task = load_task_file(path, source="file:x")
+    assert task.headline_radii == (1.0, 2.0) and task.meta.name == "a" * 100
+
+
+def test_recipe_defaults_for_an_unregistered_recipe_warn_once(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(BASE + "[recipe_defaults.nonexist]\nm = 3\n[recipe_defaults.binary]\nm = 2\n", encoding="utf-8")
+    from fabench.registry import PluginWarning
+
+    with pytest.warns(PluginWarning, match=r"not registered here: nonexist \(a plugin not installed\?\)") as rec:
+        task = load_task_file(path, source="file:x")
+    assert len(rec) == 1 and task.recipe_defaults["binary"] == {"m": 2}

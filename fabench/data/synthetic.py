@@ -23,6 +23,9 @@ else:
 
 #: The most memory (bytes) the synthetic data may take; larger sizes are refused before allocation.
 MEMORY_BUDGET = 4 * 2**30
+#: The largest noise scale accepted: far above any that is studied (the paper's is 1; the clusters'
+#: centres have norm about sqrt(d)), and beyond float32's reach once squared distances are taken.
+MAX_SIGMA = 1e6
 
 
 def orthogonal_centres(k: int, d: int, *, generator: torch.Generator) -> torch.Tensor:
@@ -60,7 +63,7 @@ class SyntheticClusters:
     }
     bounds: ClassVar[Mapping[str, tuple[float | None, float | None]]] = {
         "k": (2, 100_000), "d": (1, 100_000_000), "n_train": (1, 100_000_000), "n_test": (1, 100_000_000),
-        "sigma": (0.0, None), "positive_classes": (0, 99_999),
+        "sigma": (0.0, MAX_SIGMA), "positive_classes": (0, 99_999),
     }
 
     def load(

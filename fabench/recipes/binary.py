@@ -41,10 +41,16 @@ standardised head inputs ``(z - mean) / std`` (centred only when the head has bi
 ``init_std`` are then in those coordinates) and folds the map into the trained weights, so the
 head is the same function of the raw inputs: a diagonal preconditioner for real-data features,
 whose raw coordinates differ in scale by orders of magnitude."""
+#: The largest learning rate and initial weight scale accepted (far above any that trains: the
+#: built-in task files use lr up to 8); beyond them GD's float32 arithmetic overflows.
+MAX_LR = 1e6
+MAX_INIT_STD = 1e6
 GD_BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "lr": (0.0, None), "steps": (0, 10_000_000), "init_std": (0.0, None), "batch_size": (0, None),
+    "lr": (0.0, MAX_LR), "steps": (0, 10_000_000), "init_std": (0.0, MAX_INIT_STD), "batch_size": (0, None),
     "stop_tol": (0.0, 1.0),
 }
+#: The backbone's bounds, its learning rate capped as the head's.
+BOUNDED_BACKBONE: dict[str, tuple[float | None, float | None]] = {**BACKBONE_BOUNDS, "backbone_lr": (0.0, MAX_LR)}
 GD_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("gd", "adam")}
 
 
@@ -65,7 +71,7 @@ class BinaryRecipe:
         description="two-layer ReLU net, m+m neurons, fixed second layer, logistic loss, full-batch GD",
         reference="Li, Pan, Lyu, Li (ICLR 2025), main result (feature averaging)",
         params={"m": 5, "bias": True, **GD_PARAMS, **BACKBONE_PARAMS},
-        bounds={"m": (1, 1_000_000), **GD_BOUNDS, **BACKBONE_BOUNDS},
+        bounds={"m": (1, 1_000_000), **GD_BOUNDS, **BOUNDED_BACKBONE},
         choices={**GD_CHOICES, **BACKBONE_CHOICES},
     )
 

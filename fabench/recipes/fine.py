@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
-from fabench.recipes.binary import GD_BOUNDS, GD_CHOICES, GD_PARAMS, standardized_inputs
+from fabench.models.backbones import BACKBONE_CHOICES, BACKBONE_PARAMS
+from fabench.recipes.binary import BOUNDED_BACKBONE, GD_BOUNDS, GD_CHOICES, GD_PARAMS, standardized_inputs
 from fabench.recipes.common import setup_head, training_report
 from fabench.recipes.training import descend, fold_standardization
 from fabench.types import FitContext, Meta, Params, TaskData
@@ -35,7 +35,7 @@ class FineRecipe:
         "binary decision by log-sum-exp difference",
         reference="Li, Pan, Lyu, Li (ICLR 2025), feature decoupling with fine-grained labels",
         params={"h": 1, "bias": False, **GD_PARAMS, **BACKBONE_PARAMS},
-        bounds={"h": (1, 1_000_000), **GD_BOUNDS, **BACKBONE_BOUNDS},
+        bounds={"h": (1, 1_000_000), **GD_BOUNDS, **BOUNDED_BACKBONE},
         choices={**GD_CHOICES, **BACKBONE_CHOICES},
     )
 

@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from fabench import registry
 from fabench.errors import ConfigError
-from fabench.models.backbones import BACKBONE_BOUNDS, BACKBONE_CHOICES, BACKBONE_PARAMS
+from fabench.models.backbones import BACKBONE_CHOICES, BACKBONE_PARAMS
+from fabench.recipes.binary import BOUNDED_BACKBONE
 from fabench.recipes.common import setup_head
+
+#: The largest ``bias_fraction`` accepted (a finite bound: the bias is this fraction of a scale of
+#: the features, and 1e308 of it overflows float32).
+MAX_BIAS_FRACTION = 1e6
 from fabench.types import FitContext, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - models import torch: imported in fit
@@ -32,7 +37,7 @@ class RobustRecipe:
         description="handcrafted f_robust: one ReLU unit per feature with a noise-filtering bias",
         reference="Li, Pan, Lyu, Li (ICLR 2025), the robust network f_robust",
         params={"bias_fraction": 0.25, "centre": "none", **BACKBONE_PARAMS},
-        bounds={"bias_fraction": (0.0, None), **BACKBONE_BOUNDS},
+        bounds={"bias_fraction": (0.0, MAX_BIAS_FRACTION), **BOUNDED_BACKBONE},
         choices={"centre": ("none", "mean"), **BACKBONE_CHOICES},
     )
 
