@@ -250,13 +250,13 @@ def evaluate(
     :class:`~fabench.errors.RecordWriteError` naming the fallback file.
     """
     res = resolve(cfg)
-    check_writable(out_dir)
     if not force:
         found, why = reusable_record(out_dir, res, seed=cfg.seed)
-        if found is not None:
+        if found is not None:  # reusing writes nothing: a read-only results directory is fine
             return found, record_path(out_dir, res.task_name, res.recipe_name, cfg.seed, res.key), True
         if why and notice is not None:
             notice(f"finished record found but {why} since: recomputing")
+    check_writable(out_dir)  # before any work is done
     record = compute(cfg, res, progress=progress)
     path = write_record_or_keep(record, out_dir)
     return record, path, False

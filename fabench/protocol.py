@@ -102,7 +102,7 @@ def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
     """Sorted, de-duplicated, non-negative finite radii, or a ConfigError."""
     out = []
     for r in radii:
-        v = float(r)
+        v = float(r) + 0.0  # -0.0 is radius 0 (one key for one computation)
         if not np.isfinite(v) or v < 0 or v > MAX_RADIUS:
             raise ConfigError(f"radii must be finite, non-negative and at most {MAX_RADIUS:g}, got {r!r}")
         out.append(v)

@@ -150,7 +150,7 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
     rad = raw.get("radii", {})
     try:
         radii = radius_grid(*(_number(rad[k], f"[radii] {k}") for k in ("start", "stop", "step")))
-        headline = _headline(rad["headline"], radii, strict=source != "fabench") if "headline" in rad else radii
+        headline = _headline(rad["headline"], radii) if "headline" in rad else radii
     except KeyError as exc:
         raise ConfigError(f"task file {str(p)!r}: [radii] needs start, stop, step ({exc} missing)") from None
     except ConfigError as exc:
@@ -206,10 +206,9 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def _headline(value: Any, radii: tuple[float, ...], *, strict: bool = True) -> tuple[float, ...]:
+def _headline(value: Any, radii: tuple[float, ...]) -> tuple[float, ...]:
     """``headline``: a non-empty list of finite non-negative radii of the grid (snapped to the grid's
-    own values). With ``strict=False`` (the shipped files) a radius off the grid is kept as it was,
-    and dropped when a run resolves its headline radii."""
+    own values)."""
     import math
 
     if not isinstance(value, list) or not value:
@@ -220,8 +219,6 @@ def _headline(value: Any, radii: tuple[float, ...], *, strict: bool = True) -> t
         if not math.isfinite(r) or r < 0:
             raise ConfigError(f"[radii] headline radius {h!r} must be finite and non-negative")
         match = [g for g in radii if abs(g - r) <= 1e-9 * max(1.0, abs(g))]
-        if not match and not strict:
-            match = [r]
         if not match:
             raise ConfigError(f"[radii] headline radius {h!r} is not on the grid "
                               f"({radii[0]:g} to {radii[-1]:g} in steps; headline radii must be grid radii)")

@@ -273,7 +273,6 @@ def test_an_unwritable_cache_is_one_prefixed_warning_line(tmp_path: Path, capsys
     assert err.count("\n") == 1 and err.startswith("fabench: warning: cannot write to the cache directory"), err
 
 
-@pytest.mark.xfail(strict=True, reason="needs the evaluation.py patch: check_writable after the reuse check")
 def test_reusing_a_record_needs_no_writable_results_directory(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
