@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from fabench import params as P
 from fabench import registry
 from fabench.certify import certified_robust
-from fabench.errors import ConfigError
+from fabench.errors import ConfigError, UnknownNameError
 import torch
 
 from fabench.protocol import AttackSpec, attack_seed, run_protocol
@@ -68,6 +68,7 @@ from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 from fabench.validation import check_outcome
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fabench.evaluation import Resolved
     from fabench.models import Classifier
 
 STRONG_ATTACKS = ("apgd", "fab", "square", "cw", "surrogate", "exact")
@@ -260,6 +261,76 @@ def read_audit(record_path: Path, record: Record) -> dict[str, Any] | None:
     return check_audit(record_path, record)[0]
 
 
+def resolve_record(record: Record) -> "Resolved":
+    """The record's configuration resolved as ``fabench evaluate`` resolves one
+    (:func:`fabench.evaluation.resolve`: names, parameter types, ranges and choices, seed, radii,
+    ``n_eval``, protocol), or a one-line ConfigError before any work: a record is audited only if
+    evaluate would run its configuration, and only if resolving it gives the record's configuration
+    back (the same parameters, sources and key), so the audit re-runs what the record measured.
+
+    The record's fields are checked first (:func:`fabench.leaderboard.shape_problem`,
+    :func:`~fabench.leaderboard.identity_problem` without the file name,
+    :func:`~fabench.leaderboard.impossible_numbers`): a record the leaderboard would not show is
+    not audited either."""
+    from fabench.evaluation import RunConfig, resolve
+    from fabench.leaderboard import record_problem
+
+    problem = record_problem(record)
+    if problem:
+        raise ConfigError(f"audit: the record cannot be audited: {problem}")
+    cfg = record.config
+    overrides: list[tuple[str, Any]] = [(f"task.{k}", v) for k, v in cfg["task_params"].items()]
+    overrides += [(f"recipe.{k}", v) for k, v in cfg["recipe_params"].items()]
+    overrides += [(f"{a}.{k}", v) for a, params in cfg["attacks"].items() for k, v in params.items()]
+    run = RunConfig(task=cfg["task"], recipe=cfg["recipe"], seed=cfg["seed"], attacks=list(cfg["attacks"]),
+                    radii=[float(r) for r in cfg["radii"]], n_eval=cfg["n_eval"], overrides=overrides,
+                    protocol=cfg.get("protocol") or "full")
+    try:
+        res = resolve(run)
+    except (ConfigError, UnknownNameError) as exc:  # its parameters travel as --set pairs: say which
+        raise ConfigError("audit: the record's configuration is not one fabench evaluate runs: "
+                          f"{str(exc).removeprefix('--set ')}") from None
+    if res.key != record.key:
+        resolved = res.config
+        differ = sorted(k for k in set(resolved) | set(cfg) if config_key({k: resolved.get(k)}) != config_key({k: cfg.get(k)}))
+        raise ConfigError(f"audit: resolving the record's configuration does not give it back (its "
+                          f"{', '.join(differ) or 'key'} differ: another fabench or other plugins?); run fabench "
+                          "evaluate again")
+    return res
+
+
+def check_writable(record_path: Path) -> Path:
+    """``<record>.audit`` (:func:`audit_path`) can be written: a ConfigError naming why not, to be
+    called before any work (an audit that cannot be saved is wasted). Returns the path."""
+    import tempfile
+
+    path = audit_path(record_path)
+    if path.is_dir():
+        raise ConfigError(f"audit: cannot write {str(path)!r}: it is a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"audit: cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+#: ``fabench audit`` options that describe the record to find (as for evaluate), with their defaults.
+RECORD_OPTIONS = {"task": None, "recipe": None, "seed": 0, "attacks": None, "epsilons": None,
+                  "record_n_eval": 0, "set": None, "out": None}
+
+
+def refuse_record_options(given: Mapping[str, Any]) -> None:
+    """With a record file, the options that describe a record (:data:`RECORD_OPTIONS`) must not be
+    given (they would be ignored): a ConfigError naming them. ``given``: option name -> value
+    (e.g. ``vars(args)``)."""
+    named = [f"--{k.replace('_', '-')}" for k, default in RECORD_OPTIONS.items()
+             if given.get(k, default) not in (default, None, [], "")]
+    if named:
+        raise ConfigError(f"audit: {', '.join(named)} describe a record to look up; with a record file give "
+                          "none of them")
+
+
 def audit(
     record: Record, *, n_eval: int = 0, attacks: Sequence[str] = STRONG_ATTACKS,
     overrides: Mapping[str, Mapping[str, Any]] | None = None, data_dir: str | None = None,
@@ -267,29 +338,31 @@ def audit(
 ) -> AuditResult:
     """Rebuild the record's model, run its protocol, then the strong suite below each point's distance.
 
+    Before any work it refuses (one-line ConfigError) a negative ``n_eval``, an empty ``attacks``,
+    overrides out of their attack's range or for an attack not run, and a record that
+    :func:`resolve_record` refuses (malformed, impossible, or a configuration evaluate would not run).
+
     ``n_eval = 0`` audits the record's own test points (all of them, or its seeded subset);
     ``n_eval > 0`` a seeded subset of that size. See the module docstring for how the strong suite
     is run (only where it can beat the protocol, ``batch_size`` points per attack call)."""
     import time
 
-    from fabench.evaluation import get_task
-
+    if isinstance(n_eval, bool) or not isinstance(n_eval, int) or n_eval < 0:
+        raise ConfigError(f"audit: --n-eval must be >= 0 (0 = the record's own points), got {n_eval!r}")
+    if not attacks:
+        raise ConfigError(f"audit: no strong attacks (--strong names none; the suite: {', '.join(STRONG_ATTACKS)})")
+    unknown_over = sorted(set(overrides or {}) - set(attacks))
+    if unknown_over:
+        raise ConfigError(f"audit: --strong-set for {', '.join(unknown_over)}, which is not among the strong attacks run")
     cfg = record.config
-    task, _ = get_task(record.task)
-    recipe = registry.recipes.get(record.recipe)
-    seed = int(record.seed)
-    n_eval = int(n_eval) if n_eval > 0 else int(cfg.get("n_eval", 0) or 0)
-    if record.key != config_key(cfg):
+    if not isinstance(record.key, str) or not isinstance(cfg, dict) or record.key != config_key(cfg):
         raise ConfigError("audit: the record's key is not the key of its configuration (edited by hand?); "
                           "run fabench evaluate again")
+    resolved = resolve_record(record)  # what evaluate refuses, refused here (before any work)
+    task, recipe = resolved.task, resolved.recipe
+    seed = int(record.seed)
+    n_eval = int(n_eval) if n_eval > 0 else int(cfg.get("n_eval", 0) or 0)
     reported = record_curve(record)  # the numbers the audit checks (a ConfigError before any work)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = task.load(dict(cfg["task_params"]), seed=seed, data_dir=data_dir, progress=progress)
-    model = recipe.fit(data, dict(cfg["recipe_params"]),
-                       context=FitContext(seed=seed, progress=progress, cache_dir=cache_dir, data_dir=data_dir))
-    model.eval()
-    timings["data + train"] = time.perf_counter() - t0
     radii = [float(r) for r in record.radii]
     over = {k: dict(v) for k, v in (overrides or {}).items()}
     own = [AttackSpec(n, registry.attacks.get(n), dict(p)) for n, p in cfg["attacks"].items()]
@@ -301,10 +374,20 @@ def audit(
         if unknown:
             raise ConfigError(f"audit: attack {name} has no parameter {', '.join(sorted(unknown))}")
         suite_params = P.resolve(entry.meta.params, STRONG_PARAMS.get(name, {}), owner=f"attack {name}")
-        params = P.resolve(entry.meta.params, STRONG_PARAMS.get(name, {}), over.get(name, {}), owner=f"attack {name}")
+        # --strong-set values are checked as evaluate's --set are: types, ranges, choices
+        params = P.resolve(entry.meta.params, STRONG_PARAMS.get(name, {}), over.get(name, {}),
+                           owner=f"audit: --strong-set {name}", bounds=entry.meta.bounds,
+                           choices=entry.meta.choices)
         if params != suite_params:
             modified.append(name)
         strong.append(AttackSpec(name, entry.obj, params))
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = task.load(dict(resolved.task_params), seed=seed, data_dir=data_dir, progress=progress)
+    model = recipe.fit(data, dict(resolved.recipe_params),
+                       context=FitContext(seed=seed, progress=progress, cache_dir=cache_dir, data_dir=data_dir))
+    model.eval()
+    timings["data + train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # the record's own protocol as evaluate ran it (its mode, its batches: the same attack seeds)
     batch = record.runtime.get("batch_size") if isinstance(record.runtime, dict) else None
@@ -422,8 +505,13 @@ def strong_breaks(
 
 
 def write_audit(result: AuditResult, record_path: Path) -> Path:
+    """Write ``<record>.audit`` atomically; a failure is a one-line ConfigError (see also
+    :func:`check_writable`, to be called before the work)."""
     path = audit_path(record_path)
-    write_atomic(path, json.dumps(result.to_json(), indent=1) + "\n")
+    try:
+        write_atomic(path, json.dumps(result.to_json(), indent=1) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"audit: cannot write {str(path)!r}: {exc.strerror or exc}") from None
     return path
 
 

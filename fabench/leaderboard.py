@@ -15,7 +15,9 @@ plus the number of seeds, the attacks the worst case covered, whether the data w
 (``record.data_info["data_subset"]``) and what ``fabench audit`` found (:func:`audit_label`).
 
 Only records it can trust are shown (:func:`read_records`; each one left out with one warning
-line): a record whose ``key`` is not the key of its configuration, whose file is not where
+line): a file that is not a readable record of this schema (:func:`load_record`: also duplicate
+JSON keys, numbers Python cannot read, missing fields), a record whose fields have the wrong types
+or shapes (:func:`shape_problem`), a record whose ``key`` is not the key of its configuration, whose file is not where
 :func:`fabench.records.record_path` puts it (task/recipe/seed/key), whose numbers are impossible
 (:func:`impossible_numbers`), or that conflicts with another copy of the same configuration and
 seed with other contents (both are left out: which is genuine cannot be told).
@@ -35,12 +37,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 from tabulate import tabulate
 
-from fabench.records import Record, RecordWarning, config_key, iter_records, radius_key, record_path, write_atomic
+from fabench.errors import ConfigError
+from fabench.records import Record, RecordWarning, config_key, radius_key, record_path, write_atomic
 
 FORMATS = ("markdown", "csv", "json")
 TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
@@ -97,20 +100,158 @@ ACCURACY_TOL = 1e-6
 DISTANCE_TOL = 1e-4
 
 
-def identity_problem(path: Path, record: Record) -> str | None:
+def identity_problem(path: Path | None, record: Record) -> str | None:
     """Why ``record`` (read from ``path``) is not what it says it is, or ``None``: its ``key`` is not
     :func:`~fabench.records.config_key` of its configuration, its task/recipe/seed differ from its
-    configuration's, or its file is not named as :func:`~fabench.records.record_path` names it."""
+    configuration's, or (with a ``path``) its file is not named as :func:`~fabench.records.record_path`
+    names it."""
     cfg = record.config
     if record.key != config_key(cfg):
         return f"its key {record.key[:16]} is not the key of its configuration ({config_key(cfg)[:16]})"
     for name, value in (("task", record.task), ("recipe", record.recipe), ("seed", record.seed)):
         if name in cfg and cfg[name] != value:
             return f"its {name} {value!r} is not its configuration's ({cfg[name]!r})"
+    if path is None:
+        return None
     expected = record_path(Path(), record.task, record.recipe, int(record.seed), record.key).parts
     if path.absolute().parts[-len(expected):] != expected:
         return f"its file is not named after its task, recipe, seed and key (expected .../{'/'.join(expected)})"
     return None
+
+
+#: Fields of a record that must be JSON objects (dicts) when present; their readers call ``.get``.
+DICT_FIELDS = ("config", "robust_accuracy", "median_distance", "cosine_matrix", "timings", "versions", "data_info",
+               "model_info", "sources", "feature_space", "provenance", "runtime", "task_recipe_defaults",
+               "certified", "flags")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite_list(v: Any) -> bool:
+    """A list of finite numbers (not booleans)."""
+    return isinstance(v, list) and all(_value(x) is not None for x in v)
+
+
+def config_problem(config: Any) -> str | None:
+    """Why a record's ``config`` is not a configuration :func:`fabench.evaluation.resolve` writes
+    (the types of its fields; their values are checked by resolving it, see :mod:`fabench.audit`), or ``None``."""
+    from fabench.protocol import PROTOCOL_MODES
+    from fabench.records import SCHEMA_VERSION
+
+    if not isinstance(config, dict):
+        return "its configuration is not a JSON object"
+    if config.get("schema") != SCHEMA_VERSION:
+        return f"its configuration is of schema {config.get('schema')!r}, this fabench reads schema {SCHEMA_VERSION}"
+    for name in ("task", "recipe"):
+        if not isinstance(config.get(name), str):
+            return f"its configuration's {name} {config.get(name)!r} is not a name"
+    for name in ("task_params", "recipe_params", "attacks"):
+        if not isinstance(config.get(name), dict):
+            return f"its configuration's {name} is not a JSON object"
+    if not config["attacks"] or not all(isinstance(v, dict) for v in config["attacks"].values()):
+        return "its configuration's attacks are not a non-empty table of attack parameters"
+    if not _finite_list(config.get("radii")) or not config["radii"]:
+        return f"its configuration's radii {config.get('radii')!r} are not a non-empty list of numbers"
+    n_eval = config.get("n_eval")
+    if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 0:
+        return f"its configuration's n_eval {n_eval!r} is not a non-negative integer"
+    if config.get("protocol") not in (*PROTOCOL_MODES, None):  # none: the full protocol, as before modes
+        return f"its configuration's protocol {config.get('protocol')!r} is not one of {', '.join(PROTOCOL_MODES)}"
+    if not isinstance(config.get("sources", {}), dict):
+        return "its configuration's sources are not a JSON object"
+    return None
+
+
+def shape_problem(record: Record) -> str | None:
+    """Why the record's fields are not what ``fabench evaluate`` writes, or ``None``: the types of
+    every field a reader uses (a wrong one would crash the leaderboard, the plots or the audit), a
+    seed outside :data:`fabench.validation.SEED_RANGE`, a schema this fabench does not read, radii
+    other than its configuration's, headline radii that are not among them, a robust-accuracy curve
+    of an attack it did not run or at a radius it does not have, fewer than one evaluated point, a
+    feature-averaging score outside [0, 1]. The numbers themselves: :func:`impossible_numbers`."""
+    from fabench.records import SCHEMA_VERSION
+    from fabench.validation import SEED_RANGE
+
+    if record.schema != SCHEMA_VERSION:
+        return f"a record of schema {record.schema!r}, this fabench reads schema {SCHEMA_VERSION}"
+    key = record.key
+    if not isinstance(key, str) or len(key) != 64 or not set(key) <= _HEX:
+        return f"its key {key!r} is not a configuration key (64 hex digits)"
+    for name in DICT_FIELDS:
+        if not isinstance(getattr(record, name), dict):
+            return f"its field {name!r} is not a JSON object"
+    problem = config_problem(record.config)
+    if problem:
+        return problem
+    lo, hi = SEED_RANGE
+    if not _is_int(record.seed) or not lo <= record.seed <= hi:
+        return f"its seed {record.seed!r} is not an integer in [{lo}, {hi}]"
+    if not isinstance(record.created, str):
+        return "its created timestamp is not text"
+    if not isinstance(record.verified_attacks, list) or not all(isinstance(a, str) for a in record.verified_attacks):
+        return "its verified_attacks are not a list of names"
+    if not _finite_list(record.radii) or sorted(float(r) for r in record.radii) != sorted(
+            float(r) for r in record.config["radii"]):
+        return f"its radii {record.radii!r} are not its configuration's ({record.config['radii']!r})"
+    if list(record.attacks) != list(record.config["attacks"]):
+        return f"its attacks {record.attacks!r} are not its configuration's ({list(record.config['attacks'])!r})"
+    keys = {radius_key(r) for r in record.radii}
+    if not _finite_list(record.headline_radii) or not {radius_key(r) for r in record.headline_radii} <= keys:
+        return f"its headline radii {record.headline_radii!r} are not among its radii"
+    for name, curve in record.robust_accuracy.items():
+        if name != "worst" and name not in record.config["attacks"]:
+            return f"it has a robust accuracy of {name!r}, an attack its configuration did not run"
+        extra = sorted(set(curve) - keys)
+        if extra:
+            return f"its robust accuracy of {name} has radii {', '.join(extra)} that are not among its radii"
+    for name, value in record.median_distance.items():
+        if value is not None and (_value(value) is None or value < 0):
+            return f"its median distance of {name} is {value!r}, not a non-negative number"
+    if not _is_int(record.n_eval) or record.n_eval < 1:
+        return f"its n_eval {record.n_eval!r} is not a positive number of evaluated points"
+    if 0 < record.config["n_eval"] < record.n_eval:
+        return f"it evaluated {record.n_eval} points, more than its configuration's n_eval {record.config['n_eval']}"
+    for name in ("n_train", "n_test"):
+        v = record.data_info.get(name)
+        if v is not None and (not _is_int(v) or v < 0):
+            return f"its data_info.{name} {v!r} is not a number of points"
+    n_test = record.data_info.get("n_test")
+    if isinstance(n_test, int) and not isinstance(n_test, bool) and record.n_eval > n_test:
+        return f"it evaluated {record.n_eval} points, more than its test set's {n_test}"
+    if record.fa_score is not None:
+        fa = _value(record.fa_score)
+        if fa is None or not -ACCURACY_TOL <= fa <= 1 + ACCURACY_TOL:
+            return f"its feature-averaging score {record.fa_score!r} is not a number in [0, 1]"
+    return _cosine_problem(record.cosine_matrix)
+
+
+def _cosine_problem(cm: Mapping[str, Any]) -> str | None:
+    """Why ``cosine_matrix`` cannot be drawn (not a rectangle of numbers in [-1, 1] or nulls, labels
+    that are not lists), or ``None``."""
+    values = cm.get("values")
+    if values is not None:
+        if not isinstance(values, list) or not all(isinstance(row, list) for row in values):
+            return "its cosine matrix is not a list of rows"
+        if len({len(row) for row in values}) > 1:
+            return "its cosine matrix's rows are of different lengths"
+        for row in values:
+            for v in row:
+                if v is not None and (_value(v) is None or not -1 - DISTANCE_TOL <= v <= 1 + DISTANCE_TOL):
+                    return f"its cosine matrix holds {v!r}, not a cosine in [-1, 1]"
+    for name in ("units", "features", "positive_features", "unit_positive", "unit_scores"):
+        if cm.get(name) is not None and not isinstance(cm.get(name), list):
+            return f"its cosine matrix's {name} are not a list"
+    return None
+
+
+def record_problem(record: Record, path: Path | None = None) -> str | None:
+    """Why a record cannot be trusted (shown, plotted or audited), or ``None``: its fields
+    (:func:`shape_problem`), its identity (:func:`identity_problem`; the file name only with
+    ``path``) and its numbers (:func:`impossible_numbers`)."""
+    return shape_problem(record) or identity_problem(path, record) or impossible_numbers(record)
 
 
 def _value(v: Any) -> float | None:
@@ -194,25 +335,98 @@ def _warn(message: str) -> None:
     warnings.warn(f"fabench: {message}", RecordWarning, stacklevel=3)
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: a key given twice is an error (which one is meant?)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"the key {key!r} is given twice in one object")
+        out[key] = value
+    return out
+
+
+def load_record(path: Path) -> Record:
+    """The record in ``path``, read strictly: anything :func:`fabench.records.read_record` refuses,
+    and also a key given twice in one JSON object, a number JSON cannot turn into a Python one (an
+    integer of thousands of digits), a record missing one of ``Record``'s required fields, or of
+    another schema. Every refusal is a one-line :class:`~fabench.errors.ConfigError` that starts
+    with the quoted path. It does not judge the contents: see :func:`record_problem`."""
+    import dataclasses
+
+    from fabench.records import SCHEMA_VERSION
+
+    where = repr(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is not a fabench record (nested too deeply)") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where} is not a fabench record ({exc})") from None
+    except ValueError as exc:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+        raise ConfigError(f"{where} is not a fabench record ({str(exc).split(';')[0]})") from None
+    if isinstance(obj, dict):
+        required = {f.name for f in dataclasses.fields(Record)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(obj))
+        if missing:
+            raise ConfigError(f"{where}: not a fabench record (missing {', '.join(missing)})")
+    try:
+        rec = Record.from_json(obj)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: not a fabench record ({exc})") from None
+    if rec.schema != SCHEMA_VERSION:
+        raise ConfigError(f"{where}: a record of schema {rec.schema}, this fabench reads schema {SCHEMA_VERSION}")
+    return rec
+
+
+def iter_trusted(results: Path) -> Iterator[tuple[Path, Record]]:
+    """Every record below ``results`` (sorted by path) that :func:`load_record` reads and
+    :func:`record_problem` accepts; every other ``*.json`` file (not hidden) is left out with one
+    :class:`~fabench.records.RecordWarning` line naming it and why. Never raises for a file's contents."""
+    for path in sorted(results.rglob("*.json")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            rec = load_record(path)
+        except ConfigError as exc:
+            _warn(f"skipping {exc}")
+            continue
+        problem = record_problem(rec, path)
+        if problem:
+            _warn(f"skipping {str(path)!r}: {problem}")
+            continue
+        yield path, rec
+
+
 def read_records(results: Path) -> list[Record]:
     """Every record below ``results`` that the leaderboard can trust (sorted by path), with its
     audit (``fabench audit``, ``<record>.audit``, if it applies to this record) summarised in
     memory as ``flags["audit"]``.
 
-    Left out, each with one :class:`~fabench.records.RecordWarning` line: a record whose identity
-    is wrong (:func:`identity_problem`) or whose numbers are impossible (:func:`impossible_numbers`);
+    Left out, each with one :class:`~fabench.records.RecordWarning` line (:func:`iter_trusted`): a
+    file that is not a readable record (:func:`load_record`), a record whose fields are not what
+    ``fabench evaluate`` writes (:func:`shape_problem`), whose identity is wrong
+    (:func:`identity_problem`) or whose numbers are impossible (:func:`impossible_numbers`);
     copies of one configuration and seed (one key) whose contents differ
     (:func:`fabench.audit.record_digest`): all of them, one warning per conflict. Identical copies
     count once (the first with an audit that applies, else the first). An audit that does not
-    apply is not shown (one warning)."""
+    apply is not shown (one warning); an ``audit`` summary stored in the record file itself is dropped."""
     from fabench.audit import audit_path, check_audit, is_full_suite, record_digest
 
     by_key: dict[str, list[tuple[Path, Record, str]]] = {}
-    for path, rec in iter_records(results):
-        problem = identity_problem(path, rec) or impossible_numbers(rec)
-        if problem:
-            _warn(f"skipping {str(path)!r}: {problem}")
-            continue
+    for path, rec in iter_trusted(results):
+        # a summary stored in the file is not an audit: only an .audit file that applies is shown
+        rec.flags = {k: v for k, v in rec.flags.items() if k != "audit"}
         by_key.setdefault(rec.key, []).append((path, rec, record_digest(rec)))
     out = []
     for copies in sorted(by_key.values(), key=lambda c: c[0][0]):
@@ -520,6 +734,23 @@ def render_csv(board: Leaderboard) -> str:
     return buf.getvalue()
 
 
+def parse_formats(text: str | None, *, to_files: bool) -> list[str]:
+    """``--format`` as a list of :data:`FORMATS` (default: markdown on stdout, all of them into
+    files), or a one-line ConfigError: an unknown format, a list that names none (``","``), or
+    several formats on stdout (``to_files`` false: they would run together in one stream)."""
+    if text is None:
+        return list(FORMATS) if to_files else ["markdown"]
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"--format {text!r}: unknown {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    if not formats:
+        raise ConfigError(f"--format {text!r} names no format; known: {', '.join(FORMATS)}")
+    if len(set(formats)) > 1 and not to_files:
+        raise ConfigError(f"--format {text!r}: several formats need --out (on stdout they would run together)")
+    return list(dict.fromkeys(formats))
+
+
 def render(board: Leaderboard, *, fmt: str = "markdown") -> str:
     """The leaderboard as text in one of :data:`FORMATS` (markdown without figures)."""
     if fmt == "markdown":
@@ -555,7 +786,9 @@ def publish(board: Leaderboard, out_dir: Path, *, formats: Sequence[str] = FORMA
     links: dict[str, list[tuple[str, str]]] = {}
     if figures:
         fig_dir = out_dir / FIGURES_DIR
-        made = plots.publish_figures(board, fig_dir)
+        with plots.staged(fig_dir) as tmp:  # a failure leaves figures/ as it was
+            drawn = plots.publish_figures(board, tmp)
+        made = {where: [(alt, fig_dir / p.relative_to(tmp)) for alt, p in items] for where, items in drawn.items()}
         keep = {p for paths in made.values() for _, p in paths}
         for stale in sorted(fig_dir.glob("*")):
             if stale.suffix in (".png", ".svg") and stale not in keep:

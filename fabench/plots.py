@@ -14,9 +14,14 @@ fixed SVG hash salt), so the published leaderboard can be regenerated exactly. N
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import matplotlib
 
@@ -26,7 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fabench.leaderboard import Group, group_records  # noqa: E402
+from fabench.leaderboard import Group, group_records, record_problem  # noqa: E402
+from fabench.records import RecordWarning  # noqa: E402
 from fabench.records import Record, radius_key  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,8 +70,10 @@ def curve(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         for j, r in enumerate(common):
             v = worst.get(radius_key(r))
             values[i, j] = float(v) if v is not None else np.nan
-    mean = np.nanmean(values, axis=0) if len(common) else np.zeros(0)
-    std = np.nanstd(values, axis=0, ddof=1) if len(group.records) > 1 else np.zeros(len(common))
+    with warnings.catch_warnings():  # an all-NaN column is NaN, said by the plot, not by numpy on stderr
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0) if len(common) else np.zeros(0)
+        std = np.nanstd(values, axis=0, ddof=1) if len(group.records) > 1 else np.zeros(len(common))
     return np.array(common), mean, np.nan_to_num(std)
 
 
@@ -177,25 +185,69 @@ def publish_figures(board: "Leaderboard", out_dir: Path) -> dict[str, list[tuple
     return out
 
 
+def drawable(records: Iterable[Record]) -> list[Record]:
+    """The records that can be drawn: each one :func:`fabench.leaderboard.record_problem` refuses
+    (wrong field types, impossible numbers, a wrong identity) is left out with one
+    :class:`~fabench.records.RecordWarning` line, so it never reaches matplotlib or numpy."""
+    out = []
+    for rec in records:
+        problem = record_problem(rec)
+        if problem:
+            what = f"{rec.task}/{rec.recipe} seed {rec.seed}" if isinstance(rec.task, str) else "a record"
+            warnings.warn(f"fabench: skipping {what} in the figures: {problem}", RecordWarning, stacklevel=2)
+            continue
+        out.append(rec)
+    return out
+
+
+@contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A hidden directory beside ``out_dir`` to draw into; on success its files replace those of the
+    same names in ``out_dir`` (created if needed), on failure it is removed and ``out_dir`` is left
+    as it was (never half-written, never created)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-", suffix=".tmp"))
+    except OSError:  # a writable out_dir in a read-only parent: stage inside it
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".figures-", suffix=".tmp"))
+    try:
+        yield tmp
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _moved(paths: Iterable[Path], tmp: Path, out_dir: Path) -> list[Path]:
+    return sorted(out_dir / p.relative_to(tmp) for p in paths)
+
+
 def plot_all(records: Iterable[Record], *, out_dir: Path) -> list[Path]:
-    """Robustness curves (all tasks) and one cosine heatmap per group; returns the paths, sorted."""
-    groups = group_records(records)
+    """Robustness curves (all tasks) and one cosine heatmap per group; returns the paths, sorted.
+    Records that cannot be drawn are left out (:func:`drawable`); the figures are written
+    together (:func:`staged`)."""
+    groups = group_records(drawable(records))
     if not groups:
         raise ValueError("no records to plot")
-    paths = save(robustness_figure([r for g in groups for r in g.records]), out_dir / "robust_accuracy")
-    for g in groups:
-        paths += save(cosine_figure(g.records[0]), cosine_stem(out_dir, g, groups))
-    return sorted(paths)
+    with staged(out_dir) as tmp:
+        paths = save(robustness_figure([r for g in groups for r in g.records]), tmp / "robust_accuracy")
+        for g in groups:
+            paths += save(cosine_figure(g.records[0]), cosine_stem(tmp, g, groups))
+    return _moved(paths, tmp, out_dir)
 
 
 def plot_evaluation(records: Sequence[Record], *, out_dir: Path) -> list[Path]:
     """Figures of one ``fabench evaluate`` run (one task and recipe, several seeds):
     ``robust_accuracy-<task>-<recipe>`` and ``cosine-<task>-<recipe>`` (lowest seed)."""
+    records = drawable(records)
     groups = group_records(records)
     if not groups:
         raise ValueError("no records to plot")
     task, recipe = _safe(groups[0].task), _safe(groups[0].recipe)
-    paths = save(robustness_figure(records), out_dir / f"robust_accuracy-{task}-{recipe}")
-    for g in groups:
-        paths += save(cosine_figure(g.records[0]), cosine_stem(out_dir, g, groups))
-    return sorted(paths)
+    with staged(out_dir) as tmp:
+        paths = save(robustness_figure(records), tmp / f"robust_accuracy-{task}-{recipe}")
+        for g in groups:
+            paths += save(cosine_figure(g.records[0]), cosine_stem(tmp, g, groups))
+    return _moved(paths, tmp, out_dir)

@@ -25,6 +25,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 TINY = ["--task", "synthetic", "--recipe", "binary", "--set", "d=16", "--set", "k=4",
         "--set", "n_train=20", "--set", "n_test=10", "--set", "steps=5", "--epsilons", "0,1,2",
@@ -90,6 +91,25 @@ def _cases() -> list[Case]:
     add("plot-out-is-file", ["plot", "--results", "@TMP/rec-good", "--out", "@TMP/afile"])
     add("evaluate-out-is-file", tiny("--out", "@TMP/afile"))
     add("leaderboard-format-bad", ["leaderboard", "--results", "@TMP/rec-good", "--format", "xml"])
+    # -- records that pass the identity checks (key recomputed, file named after it) but are
+    #    malformed or impossible: each one warning, the rest rendered --------------------------
+    for name in MUTATIONS:
+        add(f"leaderboard-record-{name}", ["leaderboard", "--results", f"@TMP/mut-{name}"], expect="warn")
+        add(f"leaderboard-out-record-{name}", ["leaderboard", "--results", f"@TMP/mut-{name}", "--out",
+                                               f"@TMP/board-{name}"], expect="warn")
+        if name not in PLOT_NEEDS_CLI:
+            add(f"plot-record-{name}", ["plot", "--results", f"@TMP/mut-{name}", "--out", f"@TMP/figs-{name}"],
+                expect="warn")
+    # -- audit: options and records it must refuse before any work -------------------------------
+    add("audit-strong-none", ["audit", "@TMP/audit/good.json", "--strong", ",", "-q"])
+    for kv in ["fab.steps=-1", "fab.steps=0", "fab.restarts=0"]:
+        add(f"audit-strong-set-{kv}", ["audit", "@TMP/audit/good.json", "--strong", "fab", "--strong-set", kv, "-q"])
+    add("audit-strong-set-square.p_init=2", ["audit", "@TMP/audit/good.json", "--strong", "square", "--strong-set",
+                                             "square.p_init=2", "-q"])
+    add("audit-n-eval-neg", ["audit", "@TMP/audit/good.json", "--n-eval", "-1", "-q"])
+    for name in AUDIT_MUTATIONS:
+        add(f"audit-record-{name}", ["audit", f"@TMP/audit/{name}.json", "--strong", "fab", "-q"])
+    add("audit-file-is-a-directory", ["audit", "@TMP/audit/blocked.json", "--strong", "fab", "-q"])
     # -- plugins -------------------------------------------------------------------------------
     for attack in ["bad_shape", "broken_without_distance", "non_monotone", "zero_distance", "nan_distance",
                    "wrong_radii", "false_adversarials", "raises", "int_broken", "distance_not_broken"]:
@@ -104,6 +124,70 @@ def _cases() -> list[Case]:
                                       "--attacks", "analytic", "--epsilons", "0,1", "-q"],
         env={"FABENCH_OFFLINE": "1"})
     return c
+
+
+def _set(path: str, value: object) -> "Callable[[dict], None]":
+    """A change to a record's JSON: the field at the dotted ``path`` set to ``value`` (``KeyError``: deleted)."""
+    def change(obj: dict) -> None:
+        *parents, last = path.split(".")
+        for k in parents:
+            obj = obj[k]
+        if value is KeyError:
+            del obj[last]
+        else:
+            obj[last] = value
+    return change
+
+
+_NAN, _INF = float("nan"), float("inf")
+#: Changes to the good record (seed 1 then, its key recomputed) the leaderboard and plot refuse.
+MUTATIONS: dict[str, "Callable[[dict], None]"] = {
+    "flags-int": _set("flags", 5), "model-info-list": _set("model_info", [1]),
+    "task-params-list": _set("config.task_params", [1]), "config-attacks-list": _set("config.attacks", ["analytic"]),
+    "headline-missing": _set("headline_radii", KeyError), "headline-not-a-radius": _set("headline_radii", [55.0]),
+    "worst-nan": _set("robust_accuracy.worst.1", _NAN), "worst-inf": _set("robust_accuracy.worst.1", _INF),
+    "clean-inf": _set("clean_accuracy", _INF), "fa-nan": _set("fa_score", _NAN),
+    "radius-missing": _set("robust_accuracy.worst.2", KeyError), "median-far": _set("median_min_distance", "far"),
+    "seed-neg": lambda o: (_set("seed", -1)(o), _set("config.seed", -1)(o)),
+    "seed-huge": lambda o: (_set("seed", 10**30)(o), _set("config.seed", 10**30)(o)),
+    "seed-float": lambda o: (_set("seed", 1e30)(o), _set("config.seed", 1e30)(o)),
+    "cosine-ragged": _set("cosine_matrix.values", [[0.1, 0.2], [0.3]]),
+    "big-int": _set("timings.big", "BIGINT"),  # an integer of 5000 digits in the file
+    "duplicate-key": _set("clean_accuracy", "DUPLICATE"),
+}
+#: ``fabench plot`` reads the records with fabench.records.iter_records (cli.py), which still raises
+#: on these (a missing field, a number json cannot read) or reads them silently (duplicate keys).
+PLOT_NEEDS_CLI = ("headline-missing", "big-int", "duplicate-key")
+#: Changes to the good record (key recomputed) the audit refuses before any work.
+AUDIT_MUTATIONS: dict[str, "Callable[[dict], None]"] = {
+    "steps-huge": _set("config.recipe_params.steps", 10**12), "d-neg": _set("config.task_params.d", -1),
+    "unknown-param": _set("config.recipe_params.zzz", 1), "attacks-list": _set("config.attacks", ["analytic"]),
+    "schema-99": _set("schema", 99), "worst-nan": _set("robust_accuracy.worst.2", _NAN),
+    "worst-neg": _set("robust_accuracy.worst.2", -3), "worst-str": _set("robust_accuracy.worst.2", "0.4"),
+    "clean-below-robust": _set("clean_accuracy", 0.1), "seed-neg": lambda o: (_set("seed", -1)(o), _set("config.seed", -1)(o)),
+    "protocol-bad": _set("config.protocol", "turbo"), "sources-other": _set("config.sources.task", "elsewhere"),
+}
+
+
+def _mutated_text(good: dict, change: "Callable[[dict], None]", *, seed: int | None = 1) -> tuple[str, str]:
+    """``(file name, JSON text)`` of the good record changed by ``change``, its key recomputed."""
+    import copy
+
+    from fabench.records import config_key
+
+    obj = copy.deepcopy(good)
+    if seed is not None:
+        obj["seed"] = obj["config"]["seed"] = seed
+    change(obj)
+    if isinstance(obj.get("config"), dict):
+        obj["key"] = config_key(obj["config"])
+    text = json.dumps(obj)
+    if obj.get("clean_accuracy") == "DUPLICATE":  # the real value first, a second one that wins
+        obj["clean_accuracy"] = good["clean_accuracy"]
+        obj["key"] = config_key(obj["config"])
+        text = json.dumps(obj)[:-1] + ', "clean_accuracy": 0.5}'
+    text = text.replace('"big": "BIGINT"', '"big": ' + "9" * 5000)
+    return f"seed{obj.get('seed')}-{str(obj.get('key'))[:16]}.json", text
 
 
 CASES = _cases()
@@ -215,6 +299,19 @@ def prepare(root: Path, good_record: dict | None = None, *, mnist: bool = True) 
         (d / f"seed0-{good_record['key'][:16]}.json").write_text(json.dumps(good_record))
         if blob is not None:
             (d / "seed1-bad.json").write_bytes(blob)
+    for name, change in MUTATIONS.items():
+        d = root / f"mut-{name}" / "synthetic" / "binary"
+        d.mkdir(parents=True)
+        (d / f"seed0-{good_record['key'][:16]}.json").write_text(json.dumps(good_record))
+        file_name, text = _mutated_text(good_record, change)
+        (d / file_name).write_text(text)
+    aud = root / "audit"
+    aud.mkdir()
+    (aud / "good.json").write_text(json.dumps(good_record))
+    for name, change in AUDIT_MUTATIONS.items():
+        (aud / f"{name}.json").write_text(_mutated_text(good_record, change, seed=None)[1])
+    (aud / "blocked.json").write_text(json.dumps(good_record))
+    (aud / "blocked.audit").mkdir()  # where the audit would be written
     # plugins
     site = root / "site-bad"
     site.mkdir()

@@ -241,3 +241,120 @@ def test_migrate_audits_upgrades_only_audits_that_still_match(tmp_path: Path, ca
     assert capsys.readouterr().out.startswith("current")
     md = leaderboard.render(leaderboard.load(root / "good"))
     assert "| fine " in md and "0.001 (1/1)" in md
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the synthetic task fails loudly: an audit refused 'before any work' never gets there."""
+    from fabench import registry
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the audit started working")
+
+    monkeypatch.setattr(type(registry.tasks.get("synthetic")), "load", boom)
+
+
+def _edited(record: Path, name: str, change: Any) -> Path:
+    """A copy of ``record`` changed by ``change`` (on its JSON), its key recomputed: only the change
+    itself can be what the audit refuses."""
+    obj = json.loads(record.read_text())
+    change(obj)
+    if isinstance(obj.get("config"), dict):
+        obj["key"] = config_key(obj["config"])
+    path = record.with_name(f"{name}.json")
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_audit_refuses_bad_options_before_any_work(tmp_path: Path, capsys, no_work: None) -> None:
+    """No strong attack (``--strong ,``), a --strong-set out of its attack's range (as evaluate's
+    --set is checked), a negative --n-eval: one error line, no work, no .audit (before: accepted;
+    ``--strong ,`` even wrote an audit of nothing)."""
+    good = tmp_path / "good.json"
+    shutil.copy(PUBLISHED / "synthetic" / "binary" / sorted(p.name for p in (PUBLISHED / "synthetic" / "binary").glob("*.json"))[0], good)
+    for argv, words in (
+        (["--strong", ","], "no strong attacks"),
+        (["--strong", "fab", "--strong-set", "fab.steps=-1"], "--strong-set fab: steps=-1 is outside its range"),
+        (["--strong", "fab", "--strong-set", "fab.steps=0"], "--strong-set fab: steps=0 is outside its range"),
+        (["--strong", "square", "--strong-set", "square.p_init=2"], "p_init=2.0 is outside its range"),
+        (["--n-eval", "-1"], "--n-eval must be >= 0"),
+    ):
+        assert main(["audit", str(good), "-q", *argv]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("fabench: error: audit: ") and words in line, line
+        assert not good.with_suffix(".audit").exists()
+
+
+#: Records that are not what evaluate writes, each with its key recomputed: refused with one line
+#: before any work (before: a hang on steps=1e12, a TypeError or AttributeError, or an audit written).
+BAD_RECORDS = {
+    "steps-huge": (lambda o: o["config"]["recipe_params"].__setitem__("steps", 10**12), "steps=1000000000000 is outside"),
+    "d-negative": (lambda o: o["config"]["task_params"].__setitem__("d", -1), "d=-1 is outside its range"),
+    "unknown-parameter": (lambda o: o["config"]["recipe_params"].__setitem__("zzz", 1), "recipe has no parameter 'zzz'"),
+    "attacks-list": (lambda o: o["config"].__setitem__("attacks", ["analytic", "pgd"]), "attacks is not a JSON object"),
+    "schema-99": (lambda o: o.__setitem__("schema", 99), "a record of schema 99"),
+    "key-int": (lambda o: None, "key is not the key of its configuration"),
+    "worst-nan": (lambda o: o["robust_accuracy"]["worst"].__setitem__("1", float("nan")), "at r=1 is nan"),
+    "worst-negative": (lambda o: o["robust_accuracy"]["worst"].__setitem__("8", -3), "at r=8 is -3"),
+    "worst-rising": (lambda o: o["robust_accuracy"]["worst"].__setitem__("8", 1.0), "above the clean accuracy"),
+    "sources-other": (lambda o: o["config"]["sources"].__setitem__("task", "elsewhere"), "sources differ"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_audit_refuses_a_malformed_record_before_any_work(tmp_path: Path, capsys, case: str) -> None:
+    change, words = BAD_RECORDS[case]
+    record = small_record(tmp_path / "results")
+    bad = _edited(record, case, change)
+    if case == "key-int":
+        obj = json.loads(bad.read_text())
+        obj["key"] = 5
+        bad.write_text(json.dumps(obj))
+    capsys.readouterr()
+    from fabench import registry
+
+    task_type = type(registry.tasks.get("synthetic"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(task_type, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("worked")))
+        assert main(["audit", str(bad), "--strong", "fab", "-q"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("fabench: error: ") and words in line, line
+    assert not bad.with_suffix(".audit").exists()
+
+
+def test_resolve_record_gives_a_finished_record_its_configuration_back(tmp_path: Path) -> None:
+    from fabench import audit
+
+    rec = read_record(small_record(tmp_path / "results"))
+    res = audit.resolve_record(rec)
+    assert res.key == rec.key and res.recipe_params == rec.config["recipe_params"]
+
+
+def test_audit_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """A ``<record>.audit`` that cannot be written is said before the work (:func:`check_writable`)
+    and, if it happens after, as one ConfigError, not an internal OSError."""
+    from fabench import audit
+    from fabench.errors import ConfigError
+
+    record = tmp_path / "rec.json"
+    record.write_text("{}")
+    assert audit.check_writable(record) == tmp_path / "rec.audit"
+    (tmp_path / "rec.audit").mkdir()
+    with pytest.raises(ConfigError, match="it is a directory"):
+        audit.check_writable(record)
+
+    class Result:
+        def to_json(self) -> dict[str, Any]:
+            return {}
+
+    with pytest.raises(ConfigError, match="cannot write"):
+        audit.write_audit(Result(), record)  # type: ignore[arg-type]
+
+
+def test_record_options_are_refused_with_a_record_file() -> None:
+    from fabench import audit
+    from fabench.errors import ConfigError
+
+    audit.refuse_record_options({"task": None, "seed": 0, "set": None, "epsilons": None})
+    with pytest.raises(ConfigError, match=r"--seed, --epsilons, --set describe a record"):
+        audit.refuse_record_options({"seed": 9, "epsilons": "0,1", "set": ["d=3"]})

@@ -517,3 +517,155 @@ def test_fast_mode_curves_are_cumulative(tmp_path: Path) -> None:
     (warning,) = [str(w.message) for w in caught]
     assert "seed1-" in warning and "not the lowest of the fast mode's cumulative curves" in warning
     assert [g.seeds for g in board.tables[0].groups] == [(0,)]
+
+
+def _set(path: str, value: Any) -> Any:
+    """A change to a record's JSON: the field at the dotted ``path`` set to ``value`` (deleted for ``KeyError``)."""
+    def change(obj: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        for k in parents:
+            obj = obj[k]
+        if value is KeyError:
+            del obj[last]
+        else:
+            obj[last] = value
+    return change
+
+
+#: Records the leaderboard used to crash on, show, or average in; each is one warning now.
+#: name -> (change to the JSON of a seed-0 record, words of the warning). The key is recomputed
+#: and the file named after it, so only the change itself can be what is refused.
+MALFORMED = {
+    "flags-int": (_set("flags", 5), "'flags' is not a JSON object"),
+    "model-info-list": (_set("model_info", [1]), "'model_info' is not a JSON object"),
+    "task-params-list": (_set("config.task_params", [1]), "task_params is not a JSON object"),
+    "recipe-params-list": (_set("config.recipe_params", [1]), "recipe_params is not a JSON object"),
+    "config-attacks-list": (_set("config.attacks", ["analytic", "pgd"]), "attacks is not a JSON object"),
+    "headline-missing": (_set("headline_radii", KeyError), "missing headline_radii"),
+    "headline-not-a-radius": (_set("headline_radii", [55.0]), "headline radii [55.0] are not among its radii"),
+    "headline-strings": (_set("headline_radii", ["x"]), "are not among its radii"),
+    "fa-nan": (_set("fa_score", math.nan), "feature-averaging score nan"),
+    "fa-inf": (_set("fa_score", math.inf), "feature-averaging score inf"),
+    "radius-missing": (_set("robust_accuracy.worst.20", KeyError), "at r=20 is None"),
+    "radius-extra": (_set("robust_accuracy.worst.99", 0.5), "radii 99 that are not among its radii"),
+    "median-far": (_set("median_min_distance", "far"), "median minimal distance 'far'"),
+    "median-distance-nan": (_set("median_distance.worst", math.nan), "median distance of worst is nan"),
+    "seed-negative": (lambda o: (_set("seed", -1)(o), _set("config.seed", -1)(o)), "seed -1 is not an integer in"),
+    "seed-huge": (lambda o: (_set("seed", 10**30)(o), _set("config.seed", 10**30)(o)), "is not an integer in"),
+    "n-eval-zero": (_set("n_eval", 0), "n_eval 0 is not a positive number"),
+    "n-eval-above-test-set": (_set("n_eval", 101), "more than its test set's 100"),
+    "cosine-ragged": (_set("cosine_matrix.values", [[0.1, 0.2], [0.3]]), "rows are of different lengths"),
+    "cosine-units-int": (_set("cosine_matrix.units", 5), "units are not a list"),
+    "schema-in-config": (_set("config.schema", 99), "configuration is of schema 99"),
+    "protocol-list": (_set("config.protocol", [1]), "protocol [1] is not one of"),
+    "created-int": (_set("created", 5), "created timestamp is not text"),
+}
+
+
+def _write_mutated(res: Path, change: Any) -> Path:
+    """A seed-0 record changed by ``change``, its key recomputed, its file named after it."""
+    good = write_record(make_record(seed=0), res)
+    obj = json.loads(good.read_text())
+    change(obj)
+    if isinstance(obj.get("config"), dict):
+        obj["key"] = config_key(obj["config"])
+    seed = obj.get("seed")
+    path = good.with_name(f"seed{seed}-{str(obj.get('key'))[:16]}.json")
+    good.unlink()
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_records_are_left_out_with_one_warning(tmp_path: Path, case: str, capsys) -> None:
+    """A malformed record among good ones: one warning line naming it and why, the rest rendered
+    (before: an internal error that aborted the whole leaderboard, or the record shown)."""
+    change, words = MALFORMED[case]
+    res = tmp_path / "res"
+    for seed in (1, 2):
+        write_record(make_record(seed=seed), res)
+    bad = _write_mutated(res, change)
+    assert main(["leaderboard", "--results", str(res)]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"fabench: warning: skipping {str(bad)!r}") and words in line, line
+    assert "| 2 (1, 2) |" in captured.out
+    out = tmp_path / "board"
+    assert main(["leaderboard", "--results", str(res), "--out", str(out)]) == 0
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert (out / "README.md").is_file() and (out / "figures" / "robust_accuracy.svg").is_file()
+
+
+def test_load_record_refuses_what_json_and_record_cannot_say(tmp_path: Path) -> None:
+    """Duplicate JSON keys (which one is meant?), an integer Python will not convert, a missing
+    required field: one-line ConfigErrors that name the file (before: read silently, or a
+    ValueError/TypeError that escaped the leaderboard)."""
+    from fabench.errors import ConfigError
+
+    text = json.dumps(make_record().to_json())
+    cases = {
+        "dup.json": text[:-1] + ', "clean_accuracy": 0.1}',
+        "bigint.json": text.replace('"timings": {', '"timings": {"x": ' + "9" * 5000 + ", ", 1),
+        "missing.json": json.dumps({k: v for k, v in make_record().to_json().items() if k != "headline_radii"}),
+        "schema.json": json.dumps({**make_record().to_json(), "schema": 99}),
+    }
+    words = {"dup.json": "'clean_accuracy' is given twice", "bigint.json": "Exceeds the limit",
+             "missing.json": "missing headline_radii", "schema.json": "a record of schema 99"}
+    for name, body in cases.items():
+        path = tmp_path / name
+        path.write_text(body)
+        with pytest.raises(ConfigError) as err:
+            leaderboard.load_record(path)
+        assert str(err.value).startswith(repr(str(path))) and words[name] in str(err.value)
+        assert "\n" not in str(err.value)
+    good = tmp_path / "good.json"
+    good.write_text(text)
+    assert leaderboard.load_record(good).key == make_record().key
+
+
+def test_an_audit_summary_stored_in_the_record_is_not_shown(tmp_path: Path) -> None:
+    """``flags.audit`` is not digested (it is the leaderboard's in-memory summary): written into the
+    record file by hand it must not make an unaudited row look audited."""
+    res = tmp_path / "res"
+    rec = make_record()
+    rec.flags = {"audit": {"max_gap": 0.0, "n_eval": 100, "reproduced": True, "full": True}}
+    write_record(rec, res)
+    board = leaderboard.load(res)
+    assert leaderboard.audit_label(board.tables[0].groups[0]) == "no"
+
+
+def test_parse_formats_refuses_what_would_be_ignored_or_mixed() -> None:
+    from fabench.errors import ConfigError
+
+    assert leaderboard.parse_formats(None, to_files=False) == ["markdown"]
+    assert leaderboard.parse_formats(None, to_files=True) == list(leaderboard.FORMATS)
+    assert leaderboard.parse_formats("csv,json", to_files=True) == ["csv", "json"]
+    assert leaderboard.parse_formats("csv,csv", to_files=False) == ["csv"]
+    for text, to_files, words in ((",", True, "names no format"), ("csv,json", False, "several formats need --out"),
+                                  ("xml", True, "unknown xml")):
+        with pytest.raises(ConfigError, match=words):
+            leaderboard.parse_formats(text, to_files=to_files)
+
+
+def test_a_failed_figure_leaves_the_published_figures_as_they_were(tmp_path: Path, monkeypatch) -> None:
+    """The figures are drawn into a hidden directory and moved in only when all are drawn: a
+    failure half-way leaves ``figures/`` as it was and no staging directory behind."""
+    from fabench import plots
+
+    board = leaderboard.build(three_seeds())
+    out = tmp_path / "board"
+    leaderboard.publish(board, out)
+    before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "cosine_figure", boom)
+    with pytest.raises(RuntimeError):
+        leaderboard.publish(leaderboard.build(three_seeds()[:2]), out)
+    assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        leaderboard.publish(board, fresh, formats=())
+    assert not (fresh / "figures").exists() and list(fresh.iterdir()) == []

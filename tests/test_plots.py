@@ -109,3 +109,48 @@ def test_evaluate_seeds_reuses_finished_records_and_plots(tmp_path: Path) -> Non
     assert out.getvalue().count("reused finished record") == 2
     assert main(base + ["--seed", "1", "--seeds", "0,1"], out=io.StringIO()) == 2
     assert main(base + ["--seeds", "a,b"], out=io.StringIO()) == 2
+
+
+@pytest.mark.parametrize("case", ["acc-nan", "radius-missing", "fa-nan", "cosine-ragged", "seed-negative"])
+def test_plot_leaves_out_a_record_it_cannot_draw(tmp_path: Path, case: str, capsys) -> None:
+    """``fabench plot`` on good records and one it cannot draw (a NaN accuracy, a missing radius,
+    ...): one warning line naming it, the figures of the rest, and no numpy RuntimeWarning on
+    stderr (before: the record was averaged in, with 'Mean of empty slice' or 'Degrees of
+    freedom <= 0' warnings, or the cosine heatmap crashed)."""
+    import json
+    import math
+
+    from fabench.records import config_key
+
+    changes = {
+        "acc-nan": lambda o: o["robust_accuracy"]["worst"].__setitem__("10", math.nan),
+        "radius-missing": lambda o: o["robust_accuracy"]["worst"].pop("20"),
+        "fa-nan": lambda o: o.__setitem__("fa_score", math.nan),
+        "cosine-ragged": lambda o: o["cosine_matrix"].__setitem__("values", [[0.1, 0.2], [0.3]]),
+        "seed-negative": lambda o: (o.__setitem__("seed", -1), o["config"].__setitem__("seed", -1)),
+    }
+    res = tmp_path / "res"
+    for rec in three_seeds()[1:]:
+        write_record(rec, res)
+    bad = write_record(make_record(seed=0), res)
+    obj = json.loads(bad.read_text())
+    changes[case](obj)
+    obj["key"] = config_key(obj["config"])
+    bad.unlink()
+    bad.with_name(f"seed{obj['seed']}-{obj['key'][:16]}.json").write_text(json.dumps(obj))
+    assert main(["plot", "--results", str(res), "--out", str(tmp_path / "fig")], out=io.StringIO()) == 0
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert line.startswith("fabench: warning: skipping") and "RuntimeWarning" not in err
+    assert "seeds 1, 2" in svg_texts(tmp_path / "fig" / "robust_accuracy.svg")
+
+
+def test_a_failed_plot_leaves_no_half_written_directory(tmp_path: Path, monkeypatch) -> None:
+    """The figures are drawn into a hidden directory and moved in only when all are drawn."""
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "cosine_figure", boom)
+    with pytest.raises(RuntimeError):
+        plots.plot_all(three_seeds(), out_dir=tmp_path / "fig")
+    assert list(tmp_path.iterdir()) == []
