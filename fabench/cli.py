@@ -291,6 +291,8 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("give either --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+    if args.plot_dir and not args.plot:
+        raise ConfigError("--plot-dir needs --plot")
     if args.plot and args.plot_dir:  # before any work: a record written, then no figures, is a surprise
         _check_out_dir(Path(args.plot_dir).expanduser(), "--plot-dir")
     for seed in seeds:
@@ -372,11 +374,9 @@ def _check_out_dir(path: Path, what: str) -> None:
 def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
     from fabench import leaderboard
 
-    formats = [f.strip() for f in (args.format or "").split(",") if f.strip()]
-    unknown = [f for f in formats if f not in leaderboard.FORMATS]
-    if unknown:
-        raise ConfigError(f"--format {args.format!r}: unknown {', '.join(unknown)}; "
-                          f"known: {', '.join(leaderboard.FORMATS)}")
+    formats = leaderboard.parse_formats(args.format, to_files=bool(args.out))
+    if args.no_figures and not args.out:
+        raise ConfigError("--no-figures needs --out (figures are written only with --out)")
     results = _results_dir(args)
     if args.out:
         _check_out_dir(Path(args.out).expanduser(), "--out")
@@ -387,23 +387,22 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
         from fabench.sweep import sweep_producing
 
         target = Path(args.out).expanduser()
-        written = leaderboard.publish(board, target, formats=formats or leaderboard.FORMATS,
+        written = leaderboard.publish(board, target, formats=formats,
                                       figures=not args.no_figures, sweep_file=sweep_producing(results, target),
                                       records_dir=results)
         for path in written:
             out.write(f"wrote {path}\n")
     else:
-        for fmt in formats or ["markdown"]:
+        for fmt in formats:
             out.write(leaderboard.render(board, fmt=fmt))
     return 0
 
 
 def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
-    from fabench import plots
-    from fabench.records import iter_records
+    from fabench import leaderboard, plots
 
     results = _results_dir(args)
-    records = [rec for _, rec in iter_records(results)]
+    records = [rec for _, rec in leaderboard.iter_trusted(results)]
     if not records:
         raise ConfigError(f"no result records below {str(results)!r}")
     target = Path(args.out).expanduser() if args.out else results / "figures"
@@ -568,11 +567,13 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
     from fabench import audit
     from fabench.evaluation import DEFAULT_ATTACKS, RunConfig, resolve
     from fabench.progress import ProgressBar
-    from fabench.records import find_record, read_record, record_path
+    from fabench import leaderboard
+    from fabench.records import find_record, record_path
 
     if args.record:
         path = Path(args.record).expanduser()
-        rec = read_record(path)
+        rec = leaderboard.load_record(path)
+        audit.refuse_record_options(vars(args))
     else:
         if not args.task or not args.recipe:
             raise ConfigError("audit: give a record file, or --task and --recipe (as for evaluate)")
@@ -598,6 +599,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
         if not dot or name not in strong_defaults or param not in strong_defaults[name]:
             raise ConfigError(f"--strong-set {key}: expected <strong attack>.<parameter>")
         over.setdefault(name, {})[param] = parse_value(text, strong_defaults[name][param], key=key)
+    audit.check_writable(path)  # before any work: an audit that cannot be saved is wasted
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     result = audit.audit(rec, n_eval=args.n_eval, attacks=list(strong_defaults), overrides=over,
                          data_dir=args.data_dir, cache_dir=args.cache_dir, progress=bar)
