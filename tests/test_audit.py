@@ -143,6 +143,9 @@ def test_a_subset_audit_does_not_reproduce_the_record(tmp_path: Path) -> None:
     result = audit.audit(read_record(record), n_eval=7, attacks=("exact",))
     assert result.n_eval == 7 and result.reproduced is False
     assert result.suite["ran"] == ["exact"] and result.suite["full"] is False
+    # its gaps are against the re-run on the same 7 points, not the record's numbers on other points
+    assert result.gaps == audit.gaps_against(result.protocol, result.strong["worst"])
+    assert result.record != result.protocol  # (on these points the two curves differ: the test has teeth)
 
 
 def test_strong_breaks_walks_down_only_below_what_is_already_broken() -> None:
