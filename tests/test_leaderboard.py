@@ -19,6 +19,8 @@ from fabench import leaderboard
 from fabench.cli import main
 from fabench.records import SCHEMA_VERSION, Record, config_key, radius_key, write_record
 
+from badinputs import _set  # a change to a record's JSON at a dotted path (the bad-input corpus's)
+
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "leaderboard"
 
@@ -517,19 +519,6 @@ def test_fast_mode_curves_are_cumulative(tmp_path: Path) -> None:
     (warning,) = [str(w.message) for w in caught]
     assert "seed1-" in warning and "not the lowest of the fast mode's cumulative curves" in warning
     assert [g.seeds for g in board.tables[0].groups] == [(0,)]
-
-
-def _set(path: str, value: Any) -> Any:
-    """A change to a record's JSON: the field at the dotted ``path`` set to ``value`` (deleted for ``KeyError``)."""
-    def change(obj: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        for k in parents:
-            obj = obj[k]
-        if value is KeyError:
-            del obj[last]
-        else:
-            obj[last] = value
-    return change
 
 
 #: Records the leaderboard used to crash on, show, or average in; each is one warning now.
