@@ -254,6 +254,17 @@ def write_dist(site: Path, name: str, groups: dict[str, dict[str, str]], version
     )
 
 
+def make_good_record(out_dir: Path) -> dict:
+    """A finished record of the tiny synthetic configuration (:data:`TINY`), written below ``out_dir``:
+    the good record the corpus's broken ones are made from."""
+    from fabench.evaluation import RunConfig, evaluate
+
+    rec, _, _ = evaluate(RunConfig(task="synthetic", recipe="binary", attacks=["analytic"], radii=[0, 1, 2],
+                                   overrides=[("d", 16), ("k", 4), ("n_train", 20), ("n_test", 10), ("steps", 5)]),
+                         out_dir=out_dir)
+    return rec.to_json()
+
+
 def prepare(root: Path, good_record: dict | None = None, *, mnist: bool = True) -> None:
     """Write every file the corpus refers to (``@TMP`` in a case) below ``root``."""
     t = root / "tasks"

@@ -22,13 +22,8 @@ SUBPROCESS = ["set-analytic.scan_points=0", "epsilons-0:1000000:0.001", "taskfil
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fabench.evaluation import RunConfig, evaluate
-
     root = tmp_path_factory.mktemp("corpus")
-    rec, _, _ = evaluate(RunConfig(task="synthetic", recipe="binary", attacks=["analytic"], radii=[0, 1, 2],
-                                   overrides=[("d", 16), ("k", 4), ("n_train", 20), ("n_test", 10), ("steps", 5)]),
-                         out_dir=root / "good-run")
-    badinputs.prepare(root, rec.to_json())
+    badinputs.prepare(root, badinputs.make_good_record(root / "good-run"))
     return root
 
 
