@@ -1,4 +1,5 @@
-"""Upgrade ``fabench audit`` results of format 1 to the current format (:data:`fabench.audit.AUDIT_FORMAT`).
+"""Upgrade ``fabench audit`` results of format 1 to the current format (:data:`fabench.audit.AUDIT_FORMAT`),
+and rebind current ones to records that only verify more attacks since.
 
 Format 1 (no ``format`` field) took its gaps against the audit's re-run of the protocol and was
 bound to a digest of the record's numbers alone; the current format takes them against the
@@ -22,14 +23,24 @@ reason, and left as it is::
     python scripts/migrate_audits.py leaderboard/records            # every *.audit below
     python scripts/migrate_audits.py --dry-run path/to/seed0-....audit
 
-One line per audit (``upgraded``, ``current`` when already in the current format, ``refused``);
-exit status 1 if any was refused, 2 on bad arguments.
+An audit of the current format whose digest no longer matches is *rebound* to its record when the
+record differs from the audited one only in attacks verified since (``verified_attacks`` grew:
+fabench now checks more attacks' claims on the model, with the same numbers): its old digest must
+be :func:`fabench.audit.record_digest` of the record with ``verified_attacks`` cut back to a subset
+of today's list. Nothing else is changed but the digest, and ``config.rebound_verified`` lists the
+newly verified attacks. Any other difference (numbers, configuration, fewer verified attacks) is
+refused.
+
+One line per audit (``upgraded``, ``rebound``, ``current`` when already in the current format and
+matching, ``refused``); exit status 1 if any was refused, 2 on bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -64,7 +75,34 @@ class Refused(Exception):
 
 
 class Current(Exception):
-    """An audit already in the current format."""
+    """An audit already in the current format, matching its record."""
+
+
+#: The most verified attacks whose subsets :func:`rebind` tries (2**12 digests at most).
+MAX_REBIND_ATTACKS = 12
+
+
+def rebind(old: dict[str, Any], record: Record) -> AuditResult:
+    """The current-format audit ``old``, bound to ``record`` when its digest is that of ``record``
+    with fewer ``verified_attacks`` (and the same key); :class:`Refused` otherwise."""
+    if old.get("record_key") != record.key:
+        raise Refused(f"an audit of another record (key {str(old.get('record_key'))[:16]}, "
+                      f"the record's {record.key[:16]})")
+    verified = list(record.verified_attacks)
+    if len(verified) > MAX_REBIND_ATTACKS:
+        raise Refused(f"its record verifies more than {MAX_REBIND_ATTACKS} attacks")
+    for size in range(len(verified) - 1, -1, -1):  # the smallest growth first
+        for kept in itertools.combinations(verified, size):
+            if old.get("record_digest") == record_digest(dataclasses.replace(record, verified_attacks=list(kept))):
+                fields = {f.name for f in dataclasses.fields(AuditResult)}
+                if not fields <= set(old):
+                    raise Refused(f"it lacks {', '.join(sorted(fields - set(old)))}")
+                new = {k: old[k] for k in fields}
+                new["record_digest"] = record_digest(record)
+                new["config"] = {**old["config"], "rebound_verified": [a for a in verified if a not in kept]}
+                return AuditResult(**new)
+    raise Refused("its digest does not match the record, nor the record with fewer verified attacks "
+                  "(recomputed with other numbers, or edited, since the audit)")
 
 
 def _curve(obj: Any, radii: Sequence[str], what: str) -> dict[str, float]:
@@ -97,9 +135,7 @@ def migrate(audit_file: Path) -> tuple[AuditResult, Path]:
         raise Refused(f"not a readable audit ({exc})") from None
     if not isinstance(old, dict):
         raise Refused("not an audit (not a JSON object)")
-    if old.get("format") == AUDIT_FORMAT:
-        raise Current()
-    if "format" in old:
+    if "format" in old and old["format"] != AUDIT_FORMAT:
         raise Refused(f"an audit of unknown format {old['format']!r}")
     record_file = audit_file.with_suffix(".json")
     if audit_path(record_file) != audit_file:
@@ -108,6 +144,10 @@ def migrate(audit_file: Path) -> tuple[AuditResult, Path]:
         record = read_record(record_file)
     except FabenchError as exc:
         raise Refused(f"its record cannot be read: {exc}") from None
+    if old.get("format") == AUDIT_FORMAT:
+        if old.get("record_key") == record.key and old.get("record_digest") == record_digest(record):
+            raise Current()
+        return rebind(old, record), record_file
     if old.get("record_key") != record.key:
         raise Refused(f"an audit of another record (key {str(old.get('record_key'))[:16]}, "
                       f"the record's {record.key[:16]})")
@@ -154,7 +194,8 @@ def migrate(audit_file: Path) -> tuple[AuditResult, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Upgrade fabench audits of format 1 that still match their records.")
+    ap = argparse.ArgumentParser(description="Upgrade fabench audits of format 1, and rebind current ones, "
+                                             "that still match their records.")
     ap.add_argument("paths", nargs="+", help=".audit files, or directories to search for them")
     ap.add_argument("--dry-run", action="store_true", help="say what would be done; write nothing")
     args = ap.parse_args(argv)
@@ -181,10 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if not args.dry_run:
             write_audit(result, record_file)
+        if "rebound_verified" in result.config:
+            print(f"rebound   {path}: the record verifies {', '.join(result.config['rebound_verified'])} since; "
+                  f"max gap {result.max_gap:.3f}" + (" (dry run)" if args.dry_run else ""))
+            continue
         print(f"upgraded  {path}: max gap {result.max_gap:.3f}, "
               f"{'reproduced' if result.reproduced else f'NOT reproduced (max difference {result.max_difference:g})'}, "
               f"{'full suite' if result.suite['full'] else 'partial suite'}" + (" (dry run)" if args.dry_run else ""))
-    print(f"{len(files)} audits: {len(files) - refused} upgraded or current, {refused} refused")
+    print(f"{len(files)} audits: {len(files) - refused} upgraded, rebound or current, {refused} refused")
     return 1 if refused else 0
 
 

@@ -229,7 +229,7 @@ def test_migrate_audits_upgrades_only_audits_that_still_match(tmp_path: Path, ca
     before = {n: (root / n / "synthetic" / "fine" / src.name).with_suffix(".audit").read_text() for n in names}
     assert mod.main([str(root)]) == 1
     said = capsys.readouterr().out.splitlines()
-    assert said[-1] == "3 audits: 1 upgraded or current, 2 refused"
+    assert said[-1] == "3 audits: 1 upgraded, rebound or current, 2 refused"
     assert any(line.startswith("upgraded") and "/good/" in line and "reproduced, full suite" in line for line in said)
     assert any(line.startswith("refused") and "/numbers/" in line and "digest does not match" in line for line in said)
     assert any(line.startswith("refused") and "/key/" in line and "an audit of another record" in line for line in said)
@@ -246,6 +246,52 @@ def test_migrate_audits_upgrades_only_audits_that_still_match(tmp_path: Path, ca
     assert capsys.readouterr().out.startswith("current")
     md = leaderboard.render(leaderboard.load(root / "good"))
     assert "| fine " in md and "0.001 (1/1)" in md
+
+
+def test_migrate_audits_rebinds_only_records_that_verify_more_since(tmp_path: Path, capsys) -> None:
+    """scripts/migrate_audits.py: a current audit whose record now verifies more attacks (same
+    numbers) is rebound, unchanged but for its digest; a record that verifies more *and* has other
+    numbers, or verifies fewer attacks, is refused and its audit left as it was."""
+    from _scripts import load_script
+
+    from fabench.audit import read_audit
+
+    mod = load_script("migrate_audits")
+    (src,) = sorted((FORMAT1 / "synthetic" / "fine").glob("seed0-*.json"))
+    root = tmp_path / "records"
+    names = ("more", "more_and_numbers", "fewer")
+    for name in names:
+        folder = root / name / "synthetic" / "fine"
+        folder.mkdir(parents=True)
+        shutil.copy(src, folder / src.name)
+        shutil.copy(src.with_suffix(".audit"), folder / src.with_suffix(".audit").name)
+    assert mod.main([str(root)]) == 0  # format 1 -> current, bound to today's records
+    capsys.readouterr()
+    files = {n: root / n / "synthetic" / "fine" / src.name for n in names}
+    audits = {n: json.loads(f.with_suffix(".audit").read_text()) for n, f in files.items()}
+    verified = json.loads(src.read_text())["verified_attacks"]
+    assert "deepfool" not in verified and len(verified) >= 1
+    for name, edit in [("more", lambda o: o.update(verified_attacks=sorted(verified + ["deepfool", "pairwise"]))),
+                       ("more_and_numbers", lambda o: (o.update(verified_attacks=sorted(verified + ["deepfool"])),
+                                                       o["robust_accuracy"]["worst"].update({"20": 0.9}))),
+                       ("fewer", lambda o: o.update(verified_attacks=verified[1:]))]:
+        obj = json.loads(files[name].read_text())
+        edit(obj)
+        files[name].write_text(json.dumps(obj))
+        assert read_audit(files[name], read_record(files[name])) is None  # the digest no longer matches
+    assert mod.main([str(root)]) == 1
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == "3 audits: 1 upgraded, rebound or current, 2 refused"
+    assert any(line.startswith("rebound") and "/more/" in line and "deepfool, pairwise" in line for line in said)
+    for name in ("more_and_numbers", "fewer"):
+        assert any(line.startswith("refused") and f"/{name}/" in line for line in said), said
+        assert json.loads(files[name].with_suffix(".audit").read_text()) == audits[name]
+    new = read_audit(files["more"], read_record(files["more"]))
+    assert new is not None and new["config"]["rebound_verified"] == ["deepfool", "pairwise"]
+    assert {k: v for k, v in new.items() if k not in ("record_digest", "config")} == \
+        {k: v for k, v in audits["more"].items() if k not in ("record_digest", "config")}
+    assert mod.main([str(files["more"].with_suffix(".audit"))]) == 0
+    assert capsys.readouterr().out.startswith("current")
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def test_invalid_outcome_is_refused_naming_attack_and_distribution(plugin_site: 
 
 def test_verified_claims_are_marked_and_agree_with_the_builtin(plugin_site: Path, tmp_path: Path) -> None:
     rec, _, _ = run(["analytic", "verified"], tmp_path / "res")
-    assert rec.verified_attacks == ["verified"]  # analytic returns no adversarials: not verified
+    assert rec.verified_attacks == ["analytic", "verified"]  # both return their adversarial examples
     # the same line search, so the same curve (up to bisection precision at the grid radii)
     for r in RADII:
         assert abs(rec.robust_accuracy_at(r, "verified") - rec.robust_accuracy_at(r, "analytic")) <= 0.05
@@ -313,3 +313,61 @@ def test_task_file_recipe_defaults_are_inherited_reported_and_can_be_refused(tmp
     rec, _, _ = evaluate(RunConfig(task=str(task), recipe="binary", attacks=["analytic"]), out_dir=tmp_path / "r")
     assert rec.task_recipe_defaults == {"lr": 0.5, "init_std": 0.01}
     assert "recipe parameters from the task file: init_std=0.01, lr=0.5" in format_record(rec)
+
+
+@pytest.mark.parametrize("recipe", ["binary", "fine", "robust"])
+def test_every_builtin_attack_shows_its_adversarials(tmp_path: Path, recipe: str) -> None:
+    """No built-in attack claims a distance fabench has not checked on the model: every attack of
+    the default protocol returns an adversarial example per claim (line searches and DeepFool too)."""
+    tiny = [(k, v) for k, v in TINY.items() if recipe != "robust" or k not in ("steps", "lr")]  # no training
+    rec, _, _ = evaluate(RunConfig(task="synthetic", recipe=recipe, radii=RADII, overrides=tiny), out_dir=tmp_path)
+    assert rec.robust_accuracy_at(0.0) > rec.robust_accuracy_at(8.0)  # the attacks break something
+    assert {"analytic", "pairwise", "deepfool"} <= set(rec.attacks)
+    assert sorted(rec.verified_attacks) == sorted(rec.attacks), (rec.attacks, rec.verified_attacks)
+
+
+class _Threshold:
+    """A stand-in classifier: a point is classified correctly while its coordinates sum to less
+    than 2 (``batch_says_correct``: a batch of several is judged correct whatever it holds)."""
+
+    def __init__(self, *, batch_says_correct: bool = False) -> None:
+        self.batch_says_correct = batch_says_correct
+
+    def correct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        truth = x.flatten(1).sum(dim=1) < 2.0
+        if len(x) > 1 and self.batch_says_correct:
+            return torch.ones(len(x), dtype=torch.bool)
+        return truth
+
+
+def test_line_adversarials_nudge_boundary_ties_and_drop_what_does_not_flip() -> None:
+    from fabench.attacks.analytic import line_adversarials
+
+    x = torch.zeros(3, 4)
+    u = torch.full((3, 4), 0.5)  # unit vectors; the sum reaches 2 at t = 1
+    steps = torch.tensor([1.0 + 1e-3, 1.0 - 2e-6, 0.5])  # past the boundary, a tie just short of it, far short
+    adv, dist = line_adversarials(_Threshold(), x, torch.ones(3, dtype=torch.long), u, steps,
+                                  bounds=(-float("inf"), float("inf")))
+    assert dist[0] == pytest.approx(1.001) and torch.equal(adv[0], u[0] * steps[0])
+    assert float(steps[1]) < float(dist[1]) <= 1.0 + 1e-5  # moved out by a nudge, not by a whole step
+    assert not _Threshold().correct(adv[1:2], torch.ones(1)).any()
+    assert dist[2] == float("inf") and torch.isnan(adv[2]).all()  # never claimed
+
+
+@pytest.mark.parametrize("alone_correct,ok", [(False, True), (True, False)])
+def test_claims_judged_correct_in_a_batch_are_rechecked_alone(alone_correct: bool, ok: bool) -> None:
+    from fabench.types import AttackOutcome
+    from fabench.validation import validate_outcome
+
+    x = torch.zeros(2, 4)
+    adv = torch.full((2, 4), 0.5 if not alone_correct else 0.1)  # sums 2.0 (adversarial) or 0.4 (not)
+    d = (adv - x).flatten(1).norm(dim=1)
+    out = AttackOutcome((0.0, 2.0), torch.tensor([[False, False], [True, True]]), d, adversarials=adv)
+    model = _Threshold(batch_says_correct=True)  # a batch of two judges both correct
+    kw = dict(name="t", source="fabench", radii=(0.0, 2.0), model=model, x=x, y=torch.ones(2),
+              clean_correct=torch.ones(2, dtype=torch.bool))
+    if ok:
+        assert validate_outcome(out, **kw) is True  # type: ignore[arg-type]
+    else:
+        with pytest.raises(InvalidOutcomeError, match="classified correctly by the model"):
+            validate_outcome(out, **kw)  # type: ignore[arg-type]

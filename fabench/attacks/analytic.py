@@ -70,6 +70,19 @@ def line_search(
     """Smallest L2 distance at which ``clip(x + t * direction)`` is misclassified (``inf``: none).
 
     ``directions`` are unit vectors, one per point. Points misclassified at ``t = 0`` get 0.
+    (:func:`line_search_steps` gives the steps ``t`` as well.)"""
+    return line_search_steps(model, x, y, directions, bounds=bounds, t_max=t_max, scan_points=scan_points,
+                             bisect_steps=bisect_steps, budget=budget)[1]
+
+
+def line_search_steps(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor, *,
+    bounds: tuple[float, float], t_max: float, scan_points: int = 64, bisect_steps: int = 20,
+    budget: int = LINE_SEARCH_BUDGET,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t, distance)`` per point: the smallest step ``t`` found at which ``clip(x + t * direction)``
+    is misclassified, and that point's L2 distance from ``x`` (both ``inf``: none found; both 0:
+    ``x`` itself is misclassified).
 
     The scan ``t_i = i * t_max / scan_points`` finds every point's first flipping ``t_i``, only for
     points not yet flipped; each batched forward pass evaluates several consecutive ``t_i`` per
@@ -82,11 +95,12 @@ def line_search(
     dim = max(1, x[0].numel()) if n else 1
     chunk = max(1, budget // dim)
     if n > chunk:
-        return torch.cat([
-            line_search(model, x[c:c + chunk], y[c:c + chunk], directions[c:c + chunk], bounds=bounds,
-                        t_max=t_max, scan_points=scan_points, bisect_steps=bisect_steps, budget=budget)
+        parts = [
+            line_search_steps(model, x[c:c + chunk], y[c:c + chunk], directions[c:c + chunk], bounds=bounds,
+                              t_max=t_max, scan_points=scan_points, bisect_steps=bisect_steps, budget=budget)
             for c in range(0, n, chunk)
-        ])
+        ]
+        return torch.cat([t for t, _ in parts]), torch.cat([d for _, d in parts])
     dev = x.device  # the search runs where the points are
     everyone = torch.arange(n, device=dev)
     lo = torch.zeros(n, device=dev)
@@ -121,7 +135,39 @@ def line_search(
     ok = everyone[torch.isfinite(hi)]
     dist = torch.full((n,), float("inf"), device=dev)
     dist[ok] = (_along(x[ok], directions[ok], hi[ok], bounds) - x[ok]).flatten(1).norm(dim=1)
-    return dist
+    return hi, dist
+
+
+#: Relative nudges of a step ``t`` tried, in order, when the model classifies the point
+#: ``clip(x + t * direction)`` found by a search correctly after all (a float32 tie at the
+#: decision boundary: the search judged it in another batch). Up to 1e-3 of ``t``.
+CONFIRM_NUDGES = tuple(1e-6 * 2.0**j for j in range(11))
+
+
+def line_adversarials(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor, steps: torch.Tensor, *,
+    bounds: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(adversarials, distances)``: the points ``clip(x + t * direction)`` at the steps a line
+    search found, checked on the model in one batch, so that the attack claims only examples the
+    model misclassifies (:func:`fabench.validation.validate_outcome` checks them again). A point
+    the model classifies correctly after all (a tie at the boundary, judged in another batch)
+    is moved out by :data:`CONFIRM_NUDGES` of its step; if none flips it, its claim is dropped
+    (distance ``inf``, adversarial NaN). Points with ``t = inf`` get NaN and ``inf``."""
+    n, dev = len(x), x.device
+    adv = torch.full_like(x, float("nan"))
+    dist = torch.full((n,), float("inf"), device=dev)
+    todo = torch.isfinite(steps).nonzero().squeeze(1)
+    for nudge in (0.0,) + CONFIRM_NUDGES:
+        if len(todo) == 0:
+            break
+        pts = _along(x[todo], directions[todo], steps[todo] * (1 + nudge), bounds)
+        flipped = ~model.correct(pts, y[todo])
+        done = todo[flipped]
+        adv[done] = pts[flipped]
+        dist[done] = (pts[flipped] - x[done]).flatten(1).norm(dim=1)
+        todo = todo[~flipped]
+    return adv, dist
 
 
 def _t_max(params: Params, radii: Sequence[float]) -> float:
@@ -145,11 +191,12 @@ class AnalyticAttack:
     ) -> AttackOutcome:
         u = averaged_feature_direction(data).to(x)
         sign = (1 - 2 * y.float()).reshape((-1,) + (1,) * (x.dim() - 1))  # -y in {+1, -1}
-        dist = line_search(
-            model, x, y, sign * u, bounds=data.bounds, t_max=_t_max(params, radii),
+        directions = sign * u  # one direction per point, shaped like x
+        steps, _ = line_search_steps(
+            model, x, y, directions, bounds=data.bounds, t_max=_t_max(params, radii),
             scan_points=int(params["scan_points"]), bisect_steps=int(params["bisect_steps"]),
         )
-        return outcome_from_distances(radii, dist)
+        return _verified_outcome(model, x, y, directions, steps, radii, bounds=data.bounds)
 
 
 @registry.attacks.register
@@ -179,10 +226,30 @@ class PairwiseFeatureAttack:
         pt, feat = (~own_class).nonzero(as_tuple=True)
         v = mu[feat] - mu[own[pt]]
         v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        dist = line_search(
-            model, x[pt], y[pt], v.reshape((-1,) + tuple(x.shape[1:])),
-            bounds=data.bounds, t_max=_t_max(params, radii),
+        v = v.reshape((-1,) + tuple(x.shape[1:]))
+        steps, dist = line_search_steps(
+            model, x[pt], y[pt], v, bounds=data.bounds, t_max=_t_max(params, radii),
             scan_points=int(params["scan_points"]), bisect_steps=int(params["bisect_steps"]),
         )
-        best = torch.full((len(x),), float("inf"), device=x.device).scatter_reduce(0, pt, dist, reduce="amin")
-        return outcome_from_distances(radii, best)
+        n = len(x)
+        best = torch.full((n,), float("inf"), device=x.device).scatter_reduce(0, pt, dist, reduce="amin")
+        # per point, the first of its lines reaching that distance: its direction and step
+        lines = torch.arange(len(pt), device=x.device)
+        first = torch.where(torch.isfinite(dist) & (dist == best[pt]), lines, torch.full_like(lines, len(pt)))
+        line = torch.full((n,), len(pt), device=x.device).scatter_reduce(0, pt, first, reduce="amin")
+        found = line < len(pt)
+        directions = torch.zeros_like(x)
+        directions[found] = v[line[found]]
+        point_steps = torch.full((n,), float("inf"), device=x.device)
+        point_steps[found] = steps[line[found]]
+        return _verified_outcome(model, x, y, directions, point_steps, radii, bounds=data.bounds)
+
+
+def _verified_outcome(
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor, steps: torch.Tensor,
+    radii: Sequence[float], *, bounds: tuple[float, float],
+) -> AttackOutcome:
+    """A line search's outcome with its adversarial examples (:func:`line_adversarials`)."""
+    adv, dist = line_adversarials(model, x, y, directions, steps, bounds=bounds)
+    out = outcome_from_distances(radii, dist)
+    return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adv)

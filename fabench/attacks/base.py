@@ -50,17 +50,14 @@ def per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def candidates_outcome(
-    model: "Classifier", x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, radii: Sequence[float], *,
-    with_adversarials: bool = True,
+    model: "Classifier", x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, radii: Sequence[float],
 ) -> AttackOutcome:
     """The outcome of a minimisation attack that returns one candidate ``adv`` per point: each
-    point's distance where the model misclassifies its candidate (``inf`` elsewhere) and, if
-    ``with_adversarials``, the candidates themselves for fabench to verify (NaN where none)."""
+    point's distance where the model misclassifies its candidate (``inf`` elsewhere) and the
+    candidates themselves, for fabench to verify (NaN where none)."""
     ok = is_adversarial(model, adv, y)
     norms = perturbation_norms(adv, x)
     out = outcome_from_distances(radii, torch.where(ok, norms, torch.full_like(norms, math.inf)))
-    if not with_adversarials:
-        return out
     adversarials = torch.where(per_point(ok, adv), adv, torch.full_like(adv, math.nan))
     return AttackOutcome(out.radii, out.broken, out.distances, adversarials=adversarials)
 

@@ -228,4 +228,4 @@ class DeepFoolAttack:
         model.eval()
         adv = l2_deepfool(model, x, y, steps=int(params["steps"]), overshoot=float(params["overshoot"]),
                           bounds=data.bounds)
-        return candidates_outcome(model, x, y, adv, radii, with_adversarials=False)
+        return candidates_outcome(model, x, y, adv, radii)
