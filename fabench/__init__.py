@@ -9,26 +9,33 @@ imported on first use.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _dist_version
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: ``import fabench`` imports nothing (see fabench._entry)
 if TYPE_CHECKING:  # pragma: no cover - typed names for checkers; imported lazily at run time
+    from typing import Any
+
     from fabench.api import evaluate, list_attacks, list_recipes, list_tasks, task_variant
 
-try:
-    __version__: str = _dist_version("fabench")
-except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
-    __version__ = "0+unknown"
+    __version__: str
 
 __all__ = ["__version__", "evaluate", "list_tasks", "list_recipes", "list_attacks", "task_variant"]
 _API = {"evaluate", "list_tasks", "list_recipes", "list_attacks", "task_variant"}
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy access to :mod:`fabench.api` (so ``import fabench`` imports no torch)."""
+    """Lazy access to :mod:`fabench.api` (so ``import fabench`` imports no torch) and to
+    ``__version__`` (the installed distribution's version, ``0+unknown`` in a source tree that is not
+    installed; looked up on first use: ``importlib.metadata`` alone takes 20 ms to import)."""
     if name in _API:
         from fabench import api
 
         return getattr(api, name)
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        global __version__
+        try:
+            __version__ = version("fabench")
+        except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+            __version__ = "0+unknown"
+        return __version__
     raise AttributeError(f"module 'fabench' has no attribute {name!r}")

@@ -56,7 +56,7 @@ MISSING = "missing"
 #: left out of fabench's code hash, so that editing them does not invalidate finished records.
 PRESENTATION_MODULES = frozenset({
     "cli.py", "leaderboard.py", "plots.py", "progress.py", "sweep.py", "api.py", "audit.py", "errors.py",
-    "__init__.py",
+    "__init__.py", "_entry.py", "__main__.py",
 })
 
 

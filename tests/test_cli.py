@@ -288,3 +288,59 @@ def test_reusing_a_record_needs_no_writable_results_directory(
     monkeypatch.setattr(fabench.evaluation, "check_writable", read_only)
     code, out, err = run(argv, capsys)
     assert code == 0 and "reused finished record" in out, err
+
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+#: Runs the ``fabench`` console script (``{start}``: how it is started) with ``fabench list``,
+#: sending itself a real SIGINT the moment ``fabench.cli`` starts importing: a Ctrl-C that lands
+#: before the command line's own handling exists.
+CTRL_C_AT_IMPORT = """
+import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fabench.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["fabench", "list"]
+{start}
+"""
+
+
+def console_script() -> tuple[str, str]:
+    """``(module, function)`` of the ``fabench`` console script, as pyproject.toml declares it."""
+    import tomllib
+
+    module, _, func = tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]["fabench"].partition(":")
+    return module, func
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m fabench"])
+def test_ctrl_c_while_the_command_line_imports_is_one_line_and_130(how: str) -> None:
+    module, func = console_script()
+    start = (f"from {module} import {func} as main\nsys.exit(main())" if how == "console script"  # as pip's wrapper
+             else "import runpy\nrunpy.run_module('fabench', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AT_IMPORT.format(start=start)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 130 and proc.stderr == "fabench: interrupted\n", proc.stderr
+    assert proc.stdout == ""
+
+
+def test_the_console_script_handles_ctrl_c_from_its_first_import() -> None:
+    """Before the console script's Ctrl-C handling runs, only ``fabench`` and its entry module are
+    imported, and they import nothing (``fabench.__version__`` is looked up on first use): a Ctrl-C
+    can land outside the handling only in the interpreter's own start-up."""
+    module, _ = console_script()
+    code = f"import sys, json; before = set(sys.modules); import {module}; print(json.dumps(sorted(set(sys.modules) - before)))"
+    new = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert {"importlib.metadata", "typing"}.isdisjoint(new), new
+    assert sorted(m for m in new if m.startswith("fabench")) == ["fabench", module], new
+
+
+def test_python_m_fabench_is_the_command_line() -> None:
+    import fabench
+
+    proc = subprocess.run([sys.executable, "-m", "fabench", "list", "tasks", "synthetic"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "synthetic" in proc.stdout, proc.stderr
+    assert fabench.__version__ != "" and "__version__" in fabench.__all__
