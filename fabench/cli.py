@@ -425,7 +425,8 @@ def add_sweep_command(sub: Any) -> None:
     sw.add_argument("file", help="the sweep file (*.toml)")
     sw.add_argument("--dry-run", action="store_true", help="list the jobs (finished or not) and run nothing")
     sw.add_argument("--jobs", type=int, help="at most this many jobs at once (default: the local CPUs; "
-                                             "all for a cluster); 1 = in this process, without Ray")
+                                             "all for a cluster); 1 = in this process, without Ray; at most "
+                                             "4 x the local CPUs, or 100,000 on a cluster")
     sw.add_argument("--ray-address", help="run on this Ray cluster (default: $RAY_ADDRESS; none = local)")
     sw.add_argument("--device", help="cpu or cuda (each job then asks Ray for one GPU); replaces the file's")
     sw.add_argument("--data-dir", help="where real datasets live on every node (default: $FABENCH_DATA or the "
@@ -442,6 +443,8 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
     from fabench import sweep as S
     from fabench.progress import ProgressBar
 
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    S.check_jobs(args.jobs, ray_address=address)  # even where nothing runs (--dry-run, all finished)
     sw = S.load_sweep(args.file, data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
     done = S.finished(sw)
     n, n_done = len(sw.jobs), sum(done)
@@ -473,7 +476,6 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
     if n_done < n:
         bar("sweep", n_done, n)  # the overall bar (on a terminal) counts from here
-    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     res = S.run_sweep(sw, jobs=args.jobs, ray_address=address, on_event=on_event)
     ran = len(res.done) + len(res.failed)
     startup = f", Ray start {res.ray_start_seconds:.1f}s" if res.mode != "in-process" and ran else ""

@@ -510,6 +510,28 @@ def _forwarded_env() -> dict[str, str]:
     return {n: os.environ[n] for n in names if n in os.environ}
 
 
+def check_jobs(jobs: object, *, ray_address: str | None = None) -> int | None:
+    """``jobs`` (``--jobs``; ``None``: the default) if it is an integer from 1 to its cap, else a
+    ConfigError naming the cap. Without ``ray_address`` the jobs are worker processes on this
+    machine (the local Ray gets ``jobs`` CPUs): at most :func:`fabench.device.max_threads`, 4 x the
+    CPUs here, as for ``--threads``. On a cluster, whose size is not known here: at most
+    :data:`MAX_JOBS`, the most jobs a sweep has (more in flight is the same as all of them)."""
+    from fabench.device import THREADS_PER_CPU, max_threads
+
+    if jobs is None:
+        return None
+    if isinstance(jobs, bool) or not isinstance(jobs, int):
+        raise ConfigError(f"--jobs must be an integer, got {jobs!r}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if ray_address and jobs > MAX_JOBS:
+        raise ConfigError(f"--jobs {jobs}: at most {MAX_JOBS:,} on a cluster (the most jobs a sweep has)")
+    if not ray_address and jobs > max_threads():
+        raise ConfigError(f"--jobs {jobs}: at most {max_threads()} on this machine ({THREADS_PER_CPU} x the "
+                          f"{os.cpu_count() or 1} CPUs here; a cluster, --ray-address, may take more)")
+    return jobs
+
+
 def run_sweep(
     sweep: Sweep,
     *,
@@ -521,14 +543,14 @@ def run_sweep(
     """Run every unfinished job of ``sweep``; finished records are reused, never recomputed.
 
     ``jobs`` bounds how many jobs run at once (default: this machine's CPUs for a local Ray, all
-    of them for a cluster). ``jobs=1`` without ``ray_address`` runs in this process, without
-    Ray. If Ray is already initialised in this process it is used as it is (and left running);
-    otherwise a local Ray (or a connection to ``ray_address``) is started and shut down here.
+    of them for a cluster; at most the cap of :func:`check_jobs`). ``jobs=1`` without
+    ``ray_address`` runs in this process, without Ray. If Ray is already initialised in this
+    process it is used as it is (and left running); otherwise a local Ray (or a connection to
+    ``ray_address``) is started and shut down here.
     """
     from fabench.records import check_writable
 
-    if jobs is not None and jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    check_jobs(jobs, ray_address=ray_address)
     t_start = time.perf_counter()
     done_before = finished(sweep)
     result = SweepResult(total=len(sweep.jobs))

@@ -29,6 +29,8 @@ SWEEP = ('tasks = ["synthetic"]\nrecipes = ["binary"]\nattacks = ["analytic"]\ne
          'set = ["d=16", "k=4", "n_train=20", "n_test=10", "steps=5"]\n')
 SWEEP_FILES = {"cpus-inf": "cpus = inf\n", "cpus-huge": "cpus = 1e308\n", "seeds-20M": 'seeds = "0:20000000"\n',
                "seeds-1e11": 'seeds = "0:100000000000"\n', "grid-empty": "grid = []\n"}
+#: A good sweep whose one job is the corpus's good record (finished): nothing to run, options still checked.
+FINISHED_SWEEP = SWEEP + 'out = "../good-run"\n'
 
 
 def _cases() -> list[Case]:
@@ -54,6 +56,11 @@ def _cases() -> list[Case]:
     add("cache-dir-file", tiny("--cache-dir", "@TMP/afile"))
     for name in SWEEP_FILES:
         add(f"sweep-{name}", ["sweep", f"@TMP/more-sweeps/{name}.toml", "--dry-run"])
+    for jobs in ["0", "9", "99999999999999999999"]:  # 9: above 4 x the 2 CPUs (os.cpu_count patched below)
+        add(f"sweep-jobs-{jobs}", ["sweep", "@TMP/more-sweeps/finished.toml", "--jobs", jobs, "-q"])
+        add(f"sweep-jobs-{jobs}-dry-run", ["sweep", "@TMP/more-sweeps/finished.toml", "--jobs", jobs, "--dry-run"])
+    add("sweep-jobs-200000-cluster", ["sweep", "@TMP/more-sweeps/finished.toml", "--jobs", "200000", "--ray-address",
+                                      "127.0.0.1:1", "--dry-run"])
     return c
 
 
@@ -67,6 +74,7 @@ def _prepare_more(root: Path) -> None:
     (root / "more-sweeps").mkdir()
     for name, text in SWEEP_FILES.items():
         (root / "more-sweeps" / f"{name}.toml").write_text(SWEEP + text, encoding="utf-8")
+    (root / "more-sweeps" / "finished.toml").write_text(FINISHED_SWEEP, encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +93,14 @@ def test_case_ids_are_new_and_distinct() -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_more_bad_input_in_process(case: Case, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr("os.cpu_count", lambda: 2)  # the --threads bound does not depend on the machine
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # the --threads and --jobs bounds do not depend on the machine
     kind, err = badinputs.run_inprocess(case, corpus)
     assert kind == "clean", err
+    assert case.expect != "error" or err.startswith("fabench: error: "), err  # a bad input: exit status 2
 
 
-@pytest.mark.parametrize("case_id", ["threads-65536", "env-device-tpu-reuse", "sweep-seeds-1e11"])
+@pytest.mark.parametrize("case_id", ["threads-65536", "env-device-tpu-reuse", "sweep-seeds-1e11",
+                                     "sweep-jobs-99999999999999999999"])
 def test_more_bad_input_subprocess(case_id: str, corpus: Path) -> None:
     (case,) = [c for c in CASES if c.id == case_id]
     kind, err = badinputs.run_subprocess(case, corpus, timeout=120)
