@@ -315,20 +315,22 @@ def check_writable(record_path: Path) -> Path:
     return path
 
 
-#: ``fabench audit`` options that describe the record to find (as for evaluate), with their defaults.
+#: ``fabench audit`` options that describe the record to find (as for evaluate), with the defaults
+#: they take when not given (their command-line defaults are ``None``: see :func:`refuse_record_options`).
 RECORD_OPTIONS = {"task": None, "recipe": None, "seed": 0, "attacks": None, "epsilons": None,
                   "record_n_eval": 0, "set": None, "out": None}
 
 
 def refuse_record_options(given: Mapping[str, Any]) -> None:
     """With a record file, the options that describe a record (:data:`RECORD_OPTIONS`) must not be
-    given (they would be ignored): a ConfigError naming them. ``given``: option name -> value
-    (e.g. ``vars(args)``)."""
-    named = [f"--{k.replace('_', '-')}" for k, default in RECORD_OPTIONS.items()
-             if given.get(k, default) not in (default, None, [], "")]
+    given (they would be ignored): a ConfigError naming them. ``given``: option name -> value as
+    parsed, ``None`` (or absent) for an option not given (e.g. ``vars(args)``: the command line's
+    defaults of these options are ``None``), so that one given at its default value (``--seed 0``)
+    is refused too."""
+    named = [f"--{k.replace('_', '-')}" for k in RECORD_OPTIONS if given.get(k) is not None]
     if named:
-        raise ConfigError(f"audit: {', '.join(named)} describe a record to look up; with a record file give "
-                          "none of them")
+        raise ConfigError(f"audit: {', '.join(named)} {'describes' if len(named) == 1 else 'describe'} a record to "
+                          "look up; with a record file give none of them")
 
 
 def audit(

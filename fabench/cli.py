@@ -549,10 +549,12 @@ def add_audit_command(sub: Any) -> None:
     au.add_argument("record", nargs="?", help="a record file (else --task/--recipe/--seed/--set as for evaluate)")
     au.add_argument("--task")
     au.add_argument("--recipe")
-    au.add_argument("--seed", type=int, default=0)
+    # the options that describe a record default to None here (audit.RECORD_OPTIONS has their
+    # defaults): with a record file, any of them given is refused, even at its default (--seed 0)
+    au.add_argument("--seed", type=int, help="the record's seed (default 0)")
     au.add_argument("--attacks", help="the record's attacks as given to evaluate (default: the default protocol)")
     au.add_argument("--epsilons", help="the record's radii as given to evaluate")
-    au.add_argument("--record-n-eval", type=int, default=0, help="the record's --n-eval (default 0 = all)")
+    au.add_argument("--record-n-eval", type=int, help="the record's --n-eval (default 0 = all)")
     au.add_argument("--set", action="append", metavar="KEY=VALUE", help="the record's overrides, as for evaluate")
     au.add_argument("--strong", default=None, help="the strong suite (comma-separated; default: all of it)")
     au.add_argument("--strong-set", action="append", metavar="ATTACK.KEY=VALUE",
@@ -577,6 +579,8 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
         rec = leaderboard.load_record(path)
         audit.refuse_record_options(vars(args))
     else:
+        args = argparse.Namespace(**{**vars(args), **{k: default for k, default in audit.RECORD_OPTIONS.items()
+                                                     if getattr(args, k) is None}})
         if not args.task or not args.recipe:
             raise ConfigError("audit: give a record file, or --task and --recipe (as for evaluate)")
         attacks = attack_names(args.attacks)

@@ -406,6 +406,8 @@ def test_record_options_are_refused_with_a_record_file() -> None:
     from fabench import audit
     from fabench.errors import ConfigError
 
-    audit.refuse_record_options({"task": None, "seed": 0, "set": None, "epsilons": None})
+    audit.refuse_record_options({"task": None, "seed": None, "set": None, "epsilons": None})
     with pytest.raises(ConfigError, match=r"--seed, --epsilons, --set describe a record"):
         audit.refuse_record_options({"seed": 9, "epsilons": "0,1", "set": ["d=3"]})
+    with pytest.raises(ConfigError, match=r"^audit: --seed, --record-n-eval describe a record"):  # given, if default
+        audit.refuse_record_options({"seed": 0, "record_n_eval": 0, "epsilons": None})

@@ -31,6 +31,7 @@ SWEEP_FILES = {"cpus-inf": "cpus = inf\n", "cpus-huge": "cpus = 1e308\n", "seeds
                "seeds-1e11": 'seeds = "0:100000000000"\n', "grid-empty": "grid = []\n"}
 #: A good sweep whose one job is the corpus's good record (finished): nothing to run, options still checked.
 FINISHED_SWEEP = SWEEP + 'out = "../good-run"\n'
+AUDIT_GOOD = ["audit", "@TMP/audit/good.json", "--strong", "fab", "--strong-set", "fab.steps=1", "-q"]
 
 
 def _cases() -> list[Case]:
@@ -61,6 +62,9 @@ def _cases() -> list[Case]:
         add(f"sweep-jobs-{jobs}-dry-run", ["sweep", "@TMP/more-sweeps/finished.toml", "--jobs", jobs, "--dry-run"])
     add("sweep-jobs-200000-cluster", ["sweep", "@TMP/more-sweeps/finished.toml", "--jobs", "200000", "--ray-address",
                                       "127.0.0.1:1", "--dry-run"])
+    # audit: a record file and an option that describes a record, even at its default value
+    add("audit-seed-0-with-record", AUDIT_GOOD + ["--seed", "0"])
+    add("audit-record-n-eval-0-with-record", AUDIT_GOOD + ["--record-n-eval", "0"])
     return c
 
 
@@ -100,7 +104,7 @@ def test_more_bad_input_in_process(case: Case, corpus: Path, monkeypatch: pytest
 
 
 @pytest.mark.parametrize("case_id", ["threads-65536", "env-device-tpu-reuse", "sweep-seeds-1e11",
-                                     "sweep-jobs-99999999999999999999"])
+                                     "sweep-jobs-99999999999999999999", "audit-seed-0-with-record"])
 def test_more_bad_input_subprocess(case_id: str, corpus: Path) -> None:
     (case,) = [c for c in CASES if c.id == case_id]
     kind, err = badinputs.run_subprocess(case, corpus, timeout=120)
