@@ -287,9 +287,9 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
     from fabench.evaluation import RunConfig, resolve
     from fabench.records import find_record
 
-    if args.seeds is not None and args.seed != 0:
+    if args.seeds is not None and args.seed is not None:  # an explicit --seed 0 too
         raise ConfigError("give either --seed or --seeds, not both")
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
     out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
     if args.plot_dir and not args.plot:
         raise ConfigError("--plot-dir needs --plot")
@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="train a recipe on a task and run the attack protocol")
     ev.add_argument("--task", required=True, help="registered task name, or a task file (*.toml)")
     ev.add_argument("--recipe", required=True, help="registered recipe (name or name@distribution)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of data, init and attacks (default 0)")
+    ev.add_argument("--seed", type=int, help="seed of data, init and attacks (default 0)")
     ev.add_argument("--attacks",
                     help="comma-separated attack names (default: the default protocol, "
                          "analytic,pairwise,pgd,apgd,deepfool,exact; exact claims nothing where it does not "

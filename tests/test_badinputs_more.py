@@ -45,6 +45,7 @@ def _cases() -> list[Case]:
     for eps in ["0,,1", " ", ""]:
         add(f"epsilons-empty-item-{eps!r}", tiny("--epsilons", eps))
     add("seeds-empty-item", tiny("--seeds", "0,,1"))
+    add("seed-0-with-seeds", tiny("--seed", "0", "--seeds", "1"))  # an explicit --seed 0 is a seed given
     add("set-positive_classes=0,0", tiny("--set", "positive_classes=0,0"))
     add("set-lr=1e308", tiny("--set", "lr=1e308"))
     add("set-sigma=1e308", tiny("--set", "sigma=1e308"))
