@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
-from fabench.attacks.base import Bands, bisect_outcome, candidates_outcome, fixed_radius_outcome, nothing_broken, per_point
+from fabench.attacks.base import (
+    Bands, bisect_outcome, boxed, candidates_outcome, fixed_radius_outcome, nothing_broken, per_point,
+)
 from fabench.attacks.exact import solves as exact_solves
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -77,11 +79,6 @@ def square_view(numel: int) -> tuple[int, int, int]:
             return (c, n, n)
     n = math.isqrt(numel - 1) + 1
     return (1, n, n)
-
-
-def bounded(data: TaskData) -> bool:
-    """Whether the task's inputs lie in a box with a finite side (pixels in ``[0, 1]``)."""
-    return any(math.isfinite(b) for b in data.bounds)
 
 
 def unit_box(model: "torch.nn.Module", x: torch.Tensor, data: TaskData, max_radius: float, *,
@@ -197,7 +194,7 @@ class APGDAttack:
 
         if bands is not None and not self.searches_bands(params):
             raise ValueError("apgd takes bands only with search=bisect")
-        if bool(params.get("skip_solved", False)) and exact_solves(model) and not bounded(data):
+        if bool(params.get("skip_solved", False)) and exact_solves(model) and not boxed(data.bounds):
             return nothing_broken(x, radii)
         box = unit_box(model, x, data, max(radii))
 

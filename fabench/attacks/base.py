@@ -40,6 +40,23 @@ def outcome_from_distances(radii: Sequence[float], distances: torch.Tensor) -> A
     return AttackOutcome(tuple(float(v) for v in radii), broken, distances.float())
 
 
+def boxed(bounds: tuple[float, float]) -> bool:
+    """Whether the input bounds ``(lo, hi)`` (:attr:`fabench.types.TaskData.bounds`) are a box
+    with a finite side (pixels in ``[0, 1]``); ``(-inf, inf)`` (the synthetic task's ``R^d``) is
+    no box: nothing is clipped and attacks may leave the input space's coordinates."""
+    lo, hi = bounds
+    return math.isfinite(lo) or math.isfinite(hi)
+
+
+def clip(x: torch.Tensor, bounds: tuple[float, float], *, inplace: bool = False) -> torch.Tensor:
+    """``x`` clipped to the input bounds (``x`` itself where they are no box, :func:`boxed`; in
+    place if ``inplace``)."""
+    if not boxed(bounds):
+        return x
+    lo, hi = bounds
+    return x.clamp_(lo, hi) if inplace else x.clamp(lo, hi)
+
+
 def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_adv - x).flatten(1).norm(dim=1)
 

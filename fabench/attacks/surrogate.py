@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial, random_in_ball
+from fabench.attacks.base import RADIUS_RTOL, clip, fixed_radius_outcome, is_adversarial, random_in_ball
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -79,9 +79,7 @@ def _per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _project(x0: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
     delta = x - x0
     norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    x = x0 + delta * _per_point(torch.clamp(eps / norms, max=1.0), delta)
-    lo, hi = bounds
-    return x.clamp(lo, hi) if math.isfinite(lo) or math.isfinite(hi) else x
+    return clip(x0 + delta * _per_point(torch.clamp(eps / norms, max=1.0), delta), bounds)
 
 
 def surrogate_pgd(
