@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
 from fabench.attacks.base import (
-    Bands, bisect_outcome, boxed, candidates_outcome, fixed_radius_outcome, nothing_broken, per_point,
+    MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, Bands, bisect_outcome, boxed, candidates_outcome, fixed_radius_outcome,
+    nothing_broken, per_point,
 )
 from fabench.attacks.exact import solves as exact_solves
 from fabench.types import AttackOutcome, Meta, Params, TaskData
@@ -166,7 +167,7 @@ class APGDAttack:
                     "or per-point bisection over the radii (search=bisect)",
         reference="Croce & Hein (ICML 2020); pyautoattack.autopgd_base.APGDAttack",
         params={"steps": 100, "restarts": 5, "rho": 0.75, "search": "grid", "skip_solved": False},
-        bounds={"steps": (1, None), "restarts": (1, None), "rho": (0.0, 1.0)},
+        bounds={"steps": (1, MAX_STEPS), "restarts": (1, MAX_RESTARTS), "rho": (0.0, 1.0)},
         choices={"search": ("bisect", "grid")},
     )
     minimization: ClassVar[bool] = False
@@ -223,7 +224,7 @@ class SquareL2Attack:
         description="AutoAttack Square-L2 (pyautoattack): gradient-free, one run per radius",
         reference="Andriushchenko et al. (ECCV 2020); pyautoattack.square.SquareAttack",
         params={"queries": 5000, "p_init": 0.8, "restarts": 1},
-        bounds={"queries": (1, None), "p_init": (0.0, 1.0), "restarts": (1, None)},
+        bounds={"queries": (1, MAX_STEPS), "p_init": (0.0, 1.0), "restarts": (1, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = False
 
@@ -250,8 +251,8 @@ class FABAttack:
         description="AutoAttack FAB-L2 (pyautoattack): minimal-distance attack, one run gives a curve",
         reference="Croce & Hein (ICML 2020); pyautoattack.fab_pt.FABAttack_PT",
         params={"steps": 100, "restarts": 5, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
-        bounds={"steps": (1, None), "restarts": (1, None), "alpha_max": (0.0, 1.0), "eta": (1.0, None),
-                "beta": (0.0, 1.0)},
+        bounds={"steps": (1, MAX_STEPS), "restarts": (1, MAX_RESTARTS), "alpha_max": (0.0, 1.0),
+                "eta": (1.0, 1.0 + MAX_STEP_FACTOR), "beta": (0.0, 1.0)},
     )
     minimization: ClassVar[bool] = True
 

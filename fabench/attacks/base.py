@@ -20,6 +20,18 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Relative slack when comparing a found distance with a radius (float32 round-off).
 RADIUS_RTOL = 1e-5
 
+#: Upper ends of the built-in attacks' declared ranges (:attr:`fabench.types.Meta.bounds`): far
+#: above any budget in use (the audit's C&W runs 1000 steps at most, APGD 5 restarts), finite so
+#: that a mistyped value is refused before any work instead of starting a run that never ends.
+#: ``MAX_STEPS`` bounds iteration and query counts, ``MAX_RESTARTS`` restarts.
+MAX_STEPS = 1_000_000
+MAX_RESTARTS = 10_000
+#: The largest step-size-like factor accepted: a PGD step relative to the radius (``rel_stepsize``;
+#: a step of 10 radii is projected back onto the sphere from far outside it), the step past the boundary as a
+#: fraction of the step to it (DeepFool's ``overshoot``, FAB's ``eta - 1``), C&W's ``stepsize``
+#: (Adam's, in tanh space, where a step of 10 saturates every coordinate).
+MAX_STEP_FACTOR = 10.0
+
 
 def nothing_broken(x: torch.Tensor, radii: Sequence[float]) -> AttackOutcome:
     """The outcome of an attack that claims nothing (it does not apply to the model): no point

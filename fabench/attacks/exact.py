@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy, lazy_attr
 from fabench import registry
-from fabench.attacks.base import boxed, clip, nothing_broken, outcome_from_distances
+from fabench.attacks.base import MAX_RESTARTS, MAX_STEPS, boxed, clip, nothing_broken, outcome_from_distances
 from fabench.errors import ConfigError
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -70,6 +70,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier
 
 MAX_UNITS = 16
+#: The largest ``batch`` accepted: (point, region) pairs projected per round, each with its rows of
+#: constraints in float64; at 10^7 pairs a round's rows already take tens of GB.
+MAX_BATCH = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -637,8 +640,8 @@ class ExactAttack:
         reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
         params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05,
                 "polish_restarts": 2},
-        bounds={"sweeps": (1, None), "batch": (1, None), "polish_steps": (0, None), "polish_band": (0.0, None),
-                "polish_restarts": (0, None)},
+        bounds={"sweeps": (1, MAX_STEPS), "batch": (1, MAX_BATCH), "polish_steps": (0, MAX_STEPS),
+                "polish_band": (0.0, None), "polish_restarts": (0, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = True
 

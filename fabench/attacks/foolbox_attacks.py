@@ -37,7 +37,8 @@ from fabench._lazy import lazy
 from fabench import registry
 
 from fabench.attacks.base import (
-    Bands, bisect_outcome, candidates_outcome, clip, fixed_radius_outcome, per_point, random_in_ball,
+    MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, Bands, bisect_outcome, candidates_outcome, clip, fixed_radius_outcome,
+    per_point, random_in_ball,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -151,7 +152,7 @@ class PGDAttack:
                     "(search=bisect) or one run per radius (search=grid), + random restarts",
         reference="Madry et al. (2018); foolbox.attacks.L2PGD",
         params={"steps": 50, "rel_stepsize": 0.05, "random_start": True, "restarts": 0, "search": "bisect"},
-        bounds={"steps": (1, 1_000_000), "rel_stepsize": (1e-9, None), "restarts": (0, 10_000)},
+        bounds={"steps": (1, MAX_STEPS), "rel_stepsize": (1e-9, MAX_STEP_FACTOR), "restarts": (0, MAX_RESTARTS)},
         choices={"search": ("bisect", "grid")},
     )
     minimization: ClassVar[bool] = False
@@ -209,7 +210,7 @@ class DeepFoolAttack:
         description="foolbox L2 DeepFool: minimal-distance attack, one run gives a whole curve",
         reference="Moosavi-Dezfooli et al. (2016); foolbox.attacks.L2DeepFoolAttack",
         params={"steps": 100, "overshoot": 0.02},
-        bounds={"steps": (1, 1_000_000), "overshoot": (0.0, None)},
+        bounds={"steps": (1, MAX_STEPS), "overshoot": (0.0, MAX_STEP_FACTOR)},
     )
     minimization: ClassVar[bool] = True
 
