@@ -115,8 +115,10 @@ def _cuda_available() -> tuple[bool, str]:
     return ok, " ".join(why.split())
 
 
-def describe_device(device: "torch.device | str") -> str:
-    """``device`` for a record: ``cpu``, or a GPU with its name (``cuda:0 (NVIDIA H100 80GB HBM3)``).
+def describe_device(device: "torch.device | str", *, threads: int | None = None) -> str:
+    """``device`` for a record: ``cpu``, or a GPU with its name (``cuda:0 (NVIDIA H100 80GB HBM3)``);
+    on a CPU with ``threads`` given, the count too (``cpu (1 thread)``: what :func:`training_threads`
+    yields, on which a backbone's weights depend; elsewhere ``threads`` is not shown).
 
     Results computed on different devices differ by floating-point round-off (and, for trained
     backbones, by what that round-off does to training), so records and caches say where they were
@@ -127,6 +129,8 @@ def describe_device(device: "torch.device | str") -> str:
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if dev.type == "cpu" and threads is not None:
+        return f"{dev} ({threads} thread{'s' if threads != 1 else ''})"
     return str(dev)
 
 

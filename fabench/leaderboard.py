@@ -43,7 +43,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from fabench.errors import ConfigError
-from fabench.records import Record, RecordWarning, config_key, radius_key, record_path, write_atomic
+from fabench.records import (
+    Record, RecordWarning, config_key, iter_record_paths, radius_key, record_path, write_atomic,
+)
 
 FORMATS = ("markdown", "csv", "json")
 TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
@@ -391,11 +393,10 @@ def load_record(path: Path) -> Record:
 
 def iter_trusted(results: Path) -> Iterator[tuple[Path, Record]]:
     """Every record below ``results`` (sorted by path) that :func:`load_record` reads and
-    :func:`record_problem` accepts; every other ``*.json`` file (not hidden) is left out with one
-    :class:`~fabench.records.RecordWarning` line naming it and why. Never raises for a file's contents."""
-    for path in sorted(results.rglob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
+    :func:`record_problem` accepts; every other file :func:`~fabench.records.iter_record_paths`
+    lists is left out with one :class:`~fabench.records.RecordWarning` line naming it and why.
+    Never raises for a file's contents."""
+    for path in iter_record_paths(results):
         try:
             rec = load_record(path)
         except ConfigError as exc:

@@ -264,12 +264,20 @@ def find_record(out_dir: Path, task: str, recipe: str, seed: int, key: str) -> R
     return rec if rec.key == key and rec.schema == SCHEMA_VERSION else None
 
 
-def iter_records(root: Path) -> Iterator[tuple[Path, Record]]:
-    """Every record of this schema below ``root`` (sorted by path). Unreadable files and records of
-    another schema are skipped, each with one :class:`RecordWarning` naming it (never averaged in)."""
+def iter_record_paths(root: Path) -> Iterator[Path]:
+    """Every file below ``root`` that may hold a record, sorted by path: ``*.json``, not hidden
+    (:func:`record_path` never names a record so), not a directory. Nothing is read: each reader
+    (:func:`iter_records`, :func:`fabench.leaderboard.iter_trusted`) decides what it accepts."""
     for path in sorted(root.rglob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
+        if not path.name.startswith(".") and path.is_file():
+            yield path
+
+
+def iter_records(root: Path) -> Iterator[tuple[Path, Record]]:
+    """Every record of this schema below ``root`` (sorted by path, :func:`iter_record_paths`).
+    Unreadable files and records of another schema are skipped, each with one :class:`RecordWarning`
+    naming it (never averaged in)."""
+    for path in iter_record_paths(root):
         try:
             rec = read_record(path)
         except ConfigError as exc:

@@ -54,7 +54,7 @@ def _cases() -> list[Case]:
     # -- parameters: impossible sizes and values that switch an attack off -------------------
     for kv in ["d=-1", "d=0", "d=10000000000000", "k=1", "k=0", "k=100000000000", "n_train=-5",
                "n_train=0", "n_test=0", "n_train=1000000000000", "sigma=-1", "sigma=nan", "m=0", "m=-3",
-               "steps=-1", "lr=-0.1", "lr=0", "init_std=-1", "optimizer=sgdx", "batch_size=-1",
+               "steps=-1", "lr=-0.1", "lr=0", "init_std=-1", "optimizer=sgdx", "batch_size=-1", "batch_size=1000000000000",
                "backbone=nonsense", "analytic.scan_points=0", "analytic.scan_points=-4",
                "analytic.max_radius=-1", "analytic.bisect_steps=-1", "positive_classes=0,9"]:
         add(f"set-{kv}", tiny("--set", kv))
@@ -63,6 +63,10 @@ def _cases() -> list[Case]:
     add("set-pgd.steps=0", tiny("--set", "pgd.steps=0", attacks="pgd"))
     add("set-pgd.restarts=-1", tiny("--set", "pgd.restarts=-1", attacks="pgd"))
     add("set-pgd.rel_stepsize=0", tiny("--set", "pgd.rel_stepsize=0", attacks="pgd"))
+    # step sizes have finite upper ends too: a mistyped one is refused, not run
+    for attack, kv in [("pgd", "rel_stepsize=1e6"), ("surrogate", "rel_stepsize=1e6"), ("deepfool", "overshoot=1e6"),
+                       ("fab", "eta=1e6"), ("cw", "stepsize=1e6")]:
+        add(f"set-{attack}.{kv}", tiny("--set", f"{attack}.{kv}", attacks=attack))
     add("set-pairwise.scan_points=0", tiny("--set", "pairwise.scan_points=0", attacks="pairwise"))
     add("set-fine.h=0", tiny("--set", "h=0", recipe="fine"))
     add("set-robust.bias_fraction=-1", tiny("--set", "bias_fraction=-1", recipe="robust"))

@@ -344,6 +344,9 @@ def test_describe_device_names_the_gpu() -> None:
     from fabench.device import describe_device
 
     assert describe_device("cpu") == "cpu" and describe_device(torch.device("cpu")) == "cpu"
+    # the thread count (a backbone's cache entry: where it was trained) is shown on a CPU only
+    assert describe_device("cpu", threads=1) == "cpu (1 thread)" and describe_device("cpu", threads=2) == "cpu (2 threads)"
+    assert describe_device("meta", threads=1) == "meta"
     if torch.cuda.is_available():  # the name is the driver's (e.g. cuda:0 (NVIDIA H100 80GB HBM3))
         assert describe_device("cuda") == f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
 

@@ -61,5 +61,14 @@ def test_not_a_record_is_config_error(tmp_path: Path) -> None:
         assert list(records.iter_records(tmp_path)) == []
 
 
+def test_record_paths_are_the_visible_json_files_sorted(tmp_path: Path) -> None:
+    """The walk both readers share (records.iter_records, leaderboard.iter_trusted): nothing is read."""
+    for name in ("b/seed1-x.json", "a/seed0-y.json", "a/.hidden.json", "a/notes.txt", "a/dir.json/z.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("not json")
+    assert [p.relative_to(tmp_path).as_posix() for p in records.iter_record_paths(tmp_path)] == [
+        "a/seed0-y.json", "b/seed1-x.json"]
+
+
 def test_radius_keys() -> None:
     assert [records.radius_key(r) for r in (0.0, 10.0, 0.4, 0.08, 1.2)] == ["0", "10", "0.4", "0.08", "1.2"]

@@ -167,6 +167,37 @@ def test_every_builtin_numeric_parameter_has_declared_bounds() -> None:
                     assert k in e.meta.choices, (kind, e.name, k)
 
 
+def test_every_builtin_count_and_step_size_is_bounded_above() -> None:
+    """A count (an integer parameter) or a step size of a built-in recipe or attack has a finite
+    upper end: a mistyped value is refused before any work, not run for ever or with steps that
+    jump anywhere."""
+    step_sizes = {"lr", "backbone_lr", "rel_stepsize", "overshoot", "eta", "stepsize"}
+    for kind in ("recipes", "attacks"):
+        for e in registry.REGISTRIES[kind].entries():
+            for k, v in e.meta.params.items():
+                if (isinstance(v, int) and not isinstance(v, bool)) or k in step_sizes:
+                    hi = e.meta.bounds[k][1]
+                    assert hi is not None and hi < float("inf"), (kind, e.name, k)
+
+
+def test_every_value_in_use_is_in_its_declared_range() -> None:
+    """The built-in task files' recipe defaults, the default protocol's attack parameters, the
+    audit's strong suite and the shipped sweep files all resolve within the declared ranges."""
+    from fabench import sweep
+    from fabench.audit import STRONG_ATTACKS, STRONG_PARAMS
+    from fabench.evaluation import resolve
+
+    for task in registry.tasks.names():
+        for recipe in registry.recipes.names():
+            resolve(RunConfig(task=task, recipe=recipe))
+    for name in STRONG_ATTACKS:
+        meta = registry.attacks.get(name).meta
+        P.resolve(meta.params, STRONG_PARAMS.get(name, {}), owner=name, bounds=meta.bounds, choices=meta.choices)
+    root = Path(__file__).resolve().parent.parent
+    for path in [root / "leaderboard" / "sweep.toml", *sorted((root / "sweeps").glob("*.toml"))]:
+        assert sweep.load_sweep(path).jobs, path
+
+
 def test_record_that_cannot_be_written_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FABENCH_NO_PLUGINS", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import outcome_from_distances
+from fabench.attacks.base import clip, outcome_from_distances
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -54,12 +54,8 @@ LINE_SEARCH_BUDGET = 1 << 20
 
 
 def _along(x: torch.Tensor, d: torch.Tensor, t: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
-    """``clip(x + t * d)`` (``t`` broadcast over the leading dimensions); no clip for infinite bounds."""
-    out = torch.addcmul(x, t.reshape(t.shape + (1,) * (x.dim() - t.dim())), d)
-    lo, hi = bounds
-    if lo > float("-inf") or hi < float("inf"):
-        out.clamp_(lo, hi)
-    return out
+    """``clip(x + t * d)`` (``t`` broadcast over the leading dimensions; :func:`~fabench.attacks.base.clip`)."""
+    return clip(torch.addcmul(x, t.reshape(t.shape + (1,) * (x.dim() - t.dim())), d), bounds, inplace=True)
 
 
 def line_search(

@@ -32,7 +32,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy
 from fabench import registry
-from fabench.attacks.base import Bands, bisect_outcome, candidates_outcome, fixed_radius_outcome, nothing_broken, per_point
+from fabench.attacks.base import (
+    MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, Bands, bisect_outcome, boxed, candidates_outcome, fixed_radius_outcome,
+    nothing_broken, per_point,
+)
 from fabench.attacks.exact import solves as exact_solves
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -77,11 +80,6 @@ def square_view(numel: int) -> tuple[int, int, int]:
             return (c, n, n)
     n = math.isqrt(numel - 1) + 1
     return (1, n, n)
-
-
-def bounded(data: TaskData) -> bool:
-    """Whether the task's inputs lie in a box with a finite side (pixels in ``[0, 1]``)."""
-    return any(math.isfinite(b) for b in data.bounds)
 
 
 def unit_box(model: "torch.nn.Module", x: torch.Tensor, data: TaskData, max_radius: float, *,
@@ -169,7 +167,7 @@ class APGDAttack:
                     "or per-point bisection over the radii (search=bisect)",
         reference="Croce & Hein (ICML 2020); pyautoattack.autopgd_base.APGDAttack",
         params={"steps": 100, "restarts": 5, "rho": 0.75, "search": "grid", "skip_solved": False},
-        bounds={"steps": (1, None), "restarts": (1, None), "rho": (0.0, 1.0)},
+        bounds={"steps": (1, MAX_STEPS), "restarts": (1, MAX_RESTARTS), "rho": (0.0, 1.0)},
         choices={"search": ("bisect", "grid")},
     )
     minimization: ClassVar[bool] = False
@@ -197,7 +195,7 @@ class APGDAttack:
 
         if bands is not None and not self.searches_bands(params):
             raise ValueError("apgd takes bands only with search=bisect")
-        if bool(params.get("skip_solved", False)) and exact_solves(model) and not bounded(data):
+        if bool(params.get("skip_solved", False)) and exact_solves(model) and not boxed(data.bounds):
             return nothing_broken(x, radii)
         box = unit_box(model, x, data, max(radii))
 
@@ -226,7 +224,7 @@ class SquareL2Attack:
         description="AutoAttack Square-L2 (pyautoattack): gradient-free, one run per radius",
         reference="Andriushchenko et al. (ECCV 2020); pyautoattack.square.SquareAttack",
         params={"queries": 5000, "p_init": 0.8, "restarts": 1},
-        bounds={"queries": (1, None), "p_init": (0.0, 1.0), "restarts": (1, None)},
+        bounds={"queries": (1, MAX_STEPS), "p_init": (0.0, 1.0), "restarts": (1, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = False
 
@@ -253,8 +251,8 @@ class FABAttack:
         description="AutoAttack FAB-L2 (pyautoattack): minimal-distance attack, one run gives a curve",
         reference="Croce & Hein (ICML 2020); pyautoattack.fab_pt.FABAttack_PT",
         params={"steps": 100, "restarts": 5, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
-        bounds={"steps": (1, None), "restarts": (1, None), "alpha_max": (0.0, 1.0), "eta": (1.0, None),
-                "beta": (0.0, 1.0)},
+        bounds={"steps": (1, MAX_STEPS), "restarts": (1, MAX_RESTARTS), "alpha_max": (0.0, 1.0),
+                "eta": (1.0, 1.0 + MAX_STEP_FACTOR), "beta": (0.0, 1.0)},
     )
     minimization: ClassVar[bool] = True
 

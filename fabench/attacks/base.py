@@ -20,6 +20,18 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Relative slack when comparing a found distance with a radius (float32 round-off).
 RADIUS_RTOL = 1e-5
 
+#: Upper ends of the built-in attacks' declared ranges (:attr:`fabench.types.Meta.bounds`): far
+#: above any budget in use (the audit's C&W runs 1000 steps at most, APGD 5 restarts), finite so
+#: that a mistyped value is refused before any work instead of starting a run that never ends.
+#: ``MAX_STEPS`` bounds iteration and query counts, ``MAX_RESTARTS`` restarts.
+MAX_STEPS = 1_000_000
+MAX_RESTARTS = 10_000
+#: The largest step-size-like factor accepted: a PGD step relative to the radius (``rel_stepsize``;
+#: a step of 10 radii is projected back onto the sphere from far outside it), the step past the boundary as a
+#: fraction of the step to it (DeepFool's ``overshoot``, FAB's ``eta - 1``), C&W's ``stepsize``
+#: (Adam's, in tanh space, where a step of 10 saturates every coordinate).
+MAX_STEP_FACTOR = 10.0
+
 
 def nothing_broken(x: torch.Tensor, radii: Sequence[float]) -> AttackOutcome:
     """The outcome of an attack that claims nothing (it does not apply to the model): no point
@@ -38,6 +50,23 @@ def outcome_from_distances(radii: Sequence[float], distances: torch.Tensor) -> A
     d = distances.double()[None, :]
     broken = d <= r * (1 + RADIUS_RTOL) + 1e-12
     return AttackOutcome(tuple(float(v) for v in radii), broken, distances.float())
+
+
+def boxed(bounds: tuple[float, float]) -> bool:
+    """Whether the input bounds ``(lo, hi)`` (:attr:`fabench.types.TaskData.bounds`) are a box
+    with a finite side (pixels in ``[0, 1]``); ``(-inf, inf)`` (the synthetic task's ``R^d``) is
+    no box: nothing is clipped and attacks may leave the input space's coordinates."""
+    lo, hi = bounds
+    return math.isfinite(lo) or math.isfinite(hi)
+
+
+def clip(x: torch.Tensor, bounds: tuple[float, float], *, inplace: bool = False) -> torch.Tensor:
+    """``x`` clipped to the input bounds (``x`` itself where they are no box, :func:`boxed`; in
+    place if ``inplace``)."""
+    if not boxed(bounds):
+        return x
+    lo, hi = bounds
+    return x.clamp_(lo, hi) if inplace else x.clamp(lo, hi)
 
 
 def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy, lazy_attr
 from fabench import registry
-from fabench.attacks.base import nothing_broken, outcome_from_distances
+from fabench.attacks.base import MAX_RESTARTS, MAX_STEPS, boxed, clip, nothing_broken, outcome_from_distances
 from fabench.errors import ConfigError
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -70,6 +70,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier
 
 MAX_UNITS = 16
+#: The largest ``batch`` accepted: (point, region) pairs projected per round, each with its rows of
+#: constraints in float64; at 10^7 pairs a round's rows already take tens of GB.
+MAX_BATCH = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -374,7 +377,7 @@ def _verify_along(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: 
         idx = todo.nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        cand = (x[idx].double() + t * delta[idx]).clamp(*bounds).to(x.dtype)
+        cand = clip(x[idx].double() + t * delta[idx], bounds).to(x.dtype)
         ok = decisively_wrong(model, hp, cand, y[idx])
         hit = idx[ok]
         adv[hit] = cand[ok]
@@ -391,11 +394,9 @@ def _line_to(model: "Classifier", x: torch.Tensor, y: torch.Tensor, delta: torch
     n = len(x)
     shape = (-1,) + (1,) * (x.dim() - 1)
     xd = x.double()
-    boxed = bounds[0] > -math.inf or bounds[1] < math.inf
 
     def pt(t: torch.Tensor, base: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        z = base + t.reshape(shape) * step
-        return (z.clamp(*bounds) if boxed else z).to(x.dtype)
+        return clip(base + t.reshape(shape) * step, bounds).to(x.dtype)
 
     hp = head if head is not None else piecewise_head(model)
     hi = torch.full((n,), 1.01, dtype=torch.float64)
@@ -639,8 +640,8 @@ class ExactAttack:
         reference="exact for binary/robust heads; verified upper bound for the fine head (see fabench.attacks.exact)",
         params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05,
                 "polish_restarts": 2},
-        bounds={"sweeps": (1, None), "batch": (1, None), "polish_steps": (0, None), "polish_band": (0.0, None),
-                "polish_restarts": (0, None)},
+        bounds={"sweeps": (1, MAX_STEPS), "batch": (1, MAX_BATCH), "polish_steps": (0, MAX_STEPS),
+                "polish_band": (0.0, None), "polish_restarts": (0, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = True
 
@@ -760,7 +761,7 @@ def span_view(model: "Classifier", x: torch.Tensor, bounds: tuple[float, float])
     """:class:`SpanView` of a two-layer head on an unbounded input (``Q`` from the QR of ``W^T``),
     else ``None``: a bounded input, a model with a backbone or a head :func:`piecewise_head` does
     not read, or no fewer coordinates (``r + 1 >= d``)."""
-    if any(math.isfinite(b) for b in bounds):
+    if boxed(bounds):
         return None
     try:
         hp = piecewise_head(model, max_units=int(x[0].numel()))

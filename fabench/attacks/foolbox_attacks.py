@@ -37,7 +37,8 @@ from fabench._lazy import lazy
 from fabench import registry
 
 from fabench.attacks.base import (
-    Bands, bisect_outcome, candidates_outcome, fixed_radius_outcome, per_point, random_in_ball,
+    MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, Bands, bisect_outcome, candidates_outcome, clip, fixed_radius_outcome,
+    per_point, random_in_ball,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -69,14 +70,6 @@ def _fmodel(model: "Classifier", data: TaskData) -> Any:
     return fb.PyTorchModel(model, bounds=data.bounds, device=module_device(model))
 
 
-def _clip(x: torch.Tensor, bounds: tuple[float, float], *, inplace: bool = False) -> torch.Tensor:
-    """``x`` clipped to ``bounds`` (``x`` itself for an unbounded box; in place if ``inplace``)."""
-    lo, hi = bounds
-    if lo == float("-inf") and hi == float("inf"):
-        return x
-    return x.clamp_(lo, hi) if inplace else x.clamp(lo, hi)
-
-
 def l2_pgd(
     model: "Callable[[torch.Tensor], torch.Tensor]", x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
     start: torch.Tensor, *,
@@ -90,7 +83,7 @@ def l2_pgd(
     eps = eps.to(x0)
     e = per_point(eps, x0)
     step = rel_stepsize * e
-    x = _clip(x0 + start, bounds).detach()
+    x = clip(x0 + start, bounds).detach()
     for _ in range(steps):
         x.requires_grad_(True)
         with torch.enable_grad():
@@ -103,7 +96,7 @@ def l2_pgd(
         g.mul_(step).add_(x.detach()).sub_(x0)  # the step, relative to x0
         norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)
         g.mul_(per_point(torch.clamp(eps / norms, max=1.0), g)).add_(x0)  # into the ball
-        x = _clip(g, bounds, inplace=True)
+        x = clip(g, bounds, inplace=True)
     return x.detach()
 
 
@@ -146,7 +139,7 @@ def l2_deepfool(
         gnorm = grad.flatten(1).norm(dim=1) + 1e-8
         dist = loss.detach().abs() / gnorm + 1e-4
         p_total = p_total + (dist / gnorm).reshape(shape) * grad
-        x = _clip(x0[alive] + (1.0 + overshoot) * p_total, bounds)
+        x = clip(x0[alive] + (1.0 + overshoot) * p_total, bounds)
     out[alive] = x
     return out
 
@@ -159,7 +152,7 @@ class PGDAttack:
                     "(search=bisect) or one run per radius (search=grid), + random restarts",
         reference="Madry et al. (2018); foolbox.attacks.L2PGD",
         params={"steps": 50, "rel_stepsize": 0.05, "random_start": True, "restarts": 0, "search": "bisect"},
-        bounds={"steps": (1, 1_000_000), "rel_stepsize": (1e-9, None), "restarts": (0, 10_000)},
+        bounds={"steps": (1, MAX_STEPS), "rel_stepsize": (1e-9, MAX_STEP_FACTOR), "restarts": (0, MAX_RESTARTS)},
         choices={"search": ("bisect", "grid")},
     )
     minimization: ClassVar[bool] = False
@@ -217,7 +210,7 @@ class DeepFoolAttack:
         description="foolbox L2 DeepFool: minimal-distance attack, one run gives a whole curve",
         reference="Moosavi-Dezfooli et al. (2016); foolbox.attacks.L2DeepFoolAttack",
         params={"steps": 100, "overshoot": 0.02},
-        bounds={"steps": (1, 1_000_000), "overshoot": (0.0, None)},
+        bounds={"steps": (1, MAX_STEPS), "overshoot": (0.0, MAX_STEP_FACTOR)},
     )
     minimization: ClassVar[bool] = True
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import candidates_outcome
+from fabench.attacks.base import MAX_STEP_FACTOR, MAX_STEPS, candidates_outcome
 from fabench.attacks.autoattack import unit_box
 from fabench.attacks.foolbox_attacks import import_foolbox
 from fabench.types import AttackOutcome, Meta, Params, TaskData
@@ -26,6 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabench.models import Classifier
 
 
+#: The most steps of C&W's search over its constant ``c`` accepted: foolbox multiplies ``c`` by 10
+#: per step until an adversarial is found, so after about 40 steps it is past float32's range.
+MAX_CW_SEARCH_STEPS = 100
+
+
 @registry.attacks.register
 class CarliniWagnerAttack:
     meta: ClassVar[Meta] = Meta(
@@ -34,8 +39,8 @@ class CarliniWagnerAttack:
         reference="Carlini & Wagner (2017); foolbox.attacks.L2CarliniWagnerAttack",
         params={"steps": 1000, "binary_search_steps": 9, "stepsize": 0.01, "initial_const": 0.1,
                 "confidence": 0.0},
-        bounds={"steps": (1, None), "binary_search_steps": (1, None), "stepsize": (0.0, None),
-                "initial_const": (0.0, None), "confidence": (0.0, None)},
+        bounds={"steps": (1, MAX_STEPS), "binary_search_steps": (1, MAX_CW_SEARCH_STEPS),
+                "stepsize": (0.0, MAX_STEP_FACTOR), "initial_const": (0.0, None), "confidence": (0.0, None)},
     )
     minimization: ClassVar[bool] = True
 

@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import RADIUS_RTOL, fixed_radius_outcome, is_adversarial, random_in_ball
+from fabench.attacks.base import (
+    MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, RADIUS_RTOL, clip, fixed_radius_outcome, into_ball, is_adversarial,
+    per_point, random_in_ball,
+)
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
 if TYPE_CHECKING:  # pragma: no cover - heavy imports are lazy (see fabench._lazy)
@@ -72,16 +75,9 @@ def smoothed_relu(beta: Callable[[], float], scale: float = 1.0) -> Iterator[Non
         torch.nn.ReLU.forward = originals["ReLU.forward"]  # type: ignore[method-assign]
 
 
-def _per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
 def _project(x0: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
-    delta = x - x0
-    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    x = x0 + delta * _per_point(torch.clamp(eps / norms, max=1.0), delta)
-    lo, hi = bounds
-    return x.clamp(lo, hi) if math.isfinite(lo) or math.isfinite(hi) else x
+    """``x`` projected onto the ball of radius ``eps`` around ``x0``, then clipped to the bounds."""
+    return clip(x0 + into_ball(x - x0, eps), bounds)
 
 
 def surrogate_pgd(
@@ -94,7 +90,7 @@ def surrogate_pgd(
 
     Returns ``(found, adv)``: whether some iterate (the start included) is misclassified by the
     true ``model`` within the ball, and the closest such iterate (``x0`` where none was found)."""
-    e = _per_point(eps, x0)
+    e = per_point(eps, x0)
     step = rel_stepsize * e
     ratio = (beta_end / beta_start) ** (1.0 / max(steps - 1, 1))
     beta = [beta_start]
@@ -119,7 +115,7 @@ def surrogate_pgd(
             with torch.enable_grad():
                 loss = F.cross_entropy(model(x), y, reduction="sum")
                 (g,) = torch.autograd.grad(loss, x)
-            g = g / _per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+            g = g / per_point(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
             x = _project(x0, x.detach() + step * g, eps, bounds).detach()
             with _true_relu():
                 judge(x)
@@ -162,8 +158,8 @@ class SurrogateAttack:
                   "(Madry et al. 2018); dead-ReLU failure of gradient attacks: Li et al. (ICLR 2025)",
         params={"steps": 100, "rel_stepsize": 0.05, "beta_start": 1.0, "beta_end": 100.0, "restarts": 1,
                 "random_start": False},
-        bounds={"steps": (1, 1_000_000), "rel_stepsize": (1e-9, None), "beta_start": (1e-9, None),
-                "beta_end": (1e-9, None), "restarts": (0, 10_000)},
+        bounds={"steps": (1, MAX_STEPS), "rel_stepsize": (1e-9, MAX_STEP_FACTOR), "beta_start": (1e-9, None),
+                "beta_end": (1e-9, None), "restarts": (0, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = False
 

@@ -167,10 +167,7 @@ def cached_trained_backbone(
         # The key holds no device: a backbone trained on a GPU serves CPU runs and the reverse. The
         # weights differ by what round-off does to training, so the entry says where it was trained
         # (on a CPU, with how many threads: always TRAINING_THREADS, said so the entry explains itself).
-        where = describe_device(context.device)
-        if torch.device(context.device).type == "cpu":
-            where += f" ({threads} thread{'s' if threads != 1 else ''})"
-        trained_on = f"{where}, torch {torch.__version__}"
+        trained_on = f"{describe_device(context.device, threads=threads)}, torch {torch.__version__}"
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         saved = cache.save_entry(path, {"state_dict": state, "test_accuracy": test_acc,
                                         "epoch_losses": losses, "trained_on": trained_on})

@@ -45,8 +45,11 @@ whose raw coordinates differ in scale by orders of magnitude."""
 #: built-in task files use lr up to 8); beyond them GD's float32 arithmetic overflows.
 MAX_LR = 1e6
 MAX_INIT_STD = 1e6
+#: The largest mini-batch accepted: the most training points a built-in task has (the synthetic
+#: task's ``n_train`` bound); a batch of at least the training set is full-batch GD.
+MAX_BATCH_SIZE = 100_000_000
 GD_BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "lr": (0.0, MAX_LR), "steps": (0, 10_000_000), "init_std": (0.0, MAX_INIT_STD), "batch_size": (0, None),
+    "lr": (0.0, MAX_LR), "steps": (0, 10_000_000), "init_std": (0.0, MAX_INIT_STD), "batch_size": (0, MAX_BATCH_SIZE),
     "stop_tol": (0.0, 1.0),
 }
 #: The backbone's bounds, its learning rate capped as the head's.
