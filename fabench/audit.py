@@ -436,7 +436,8 @@ def audit(
         strong={**{s.name: curves[s.name] for s in strong}, "worst": hard_acc},
         gaps=gaps, max_gap=max(gaps.values()) if gaps else 0.0,
         suite=suite_summary([s.name for s in strong if s.name not in skipped], skipped, modified),
-        config={"attacks": {s.name: dict(s.params) for s in strong}, "n_eval": n_eval, "seed": seed,
+        config={"attacks": {s.name: dict(s.params) for s in strong}, "n_eval": n_eval,
+                "record_n_eval": int(record.n_eval), "seed": seed,
                 "attack_calls": calls, "skipped": [s.name for s in strong if s.name in skipped],
                 "certified_open": int((~worst & ~certified).any(0).sum())},
         timings=timings,
@@ -536,13 +537,17 @@ def format_audit(result: AuditResult) -> str:
              f"> 0: the record overstated robustness)",
              tabulate(rows, headers=["radius", "record", "re-run"] + names + ["strong worst", "gap"], floatfmt=".3f",
                       tablefmt="github")]
+    record_n = result.config.get("record_n_eval", result.n_eval)
     if result.reproduced:
         lines.append("the re-run reproduced the record's numbers")
+    elif record_n != result.n_eval:
+        lines.append(f"a --n-eval subset ({result.n_eval} of the record's {record_n} points) cannot reproduce the "
+                     "record's numbers, which are of other points: the gaps are against the re-run on the subset, "
+                     "and the leaderboard shows this audit as not reproduced")
     else:
         lines.append(f"WARNING: the re-run did not reproduce the record's numbers (largest difference "
                      f"{result.max_difference:.3f}, {result.n_eval} audited points): the gaps are against the "
-                     "record's numbers on its own points (against the re-run on a --n-eval subset), and the "
-                     "leaderboard shows this audit as not reproduced")
+                     "record's numbers, and the leaderboard shows this audit as not reproduced")
     skipped = result.suite.get("skipped", {})
     lines.append("strong attacks run: " + (", ".join(result.suite.get("ran", [])) or "none")
                  + "".join(f"; {n} skipped ({why})" for n, why in skipped.items()))

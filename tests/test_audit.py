@@ -146,6 +146,8 @@ def test_a_subset_audit_does_not_reproduce_the_record(tmp_path: Path) -> None:
     # its gaps are against the re-run on the same 7 points, not the record's numbers on other points
     assert result.gaps == audit.gaps_against(result.protocol, result.strong["worst"])
     assert result.record != result.protocol  # (on these points the two curves differ: the test has teeth)
+    said = audit.format_audit(result)  # says why, rather than reporting a "difference" between other points
+    assert "a --n-eval subset (7 of the record's" in said and "did not reproduce" not in said
 
 
 def test_strong_breaks_walks_down_only_below_what_is_already_broken() -> None:
