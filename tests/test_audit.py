@@ -203,6 +203,18 @@ def test_strong_breaks_walks_down_only_below_what_is_already_broken() -> None:
 FORMAT1 = Path(__file__).resolve().parent / "data" / "audit-format1"
 
 
+def copy_format1_fixture(root: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
+    """``(fixture record, root)``: the format-1 fixture's synthetic fine seed-0 record and audit,
+    copied to ``root/<name>/synthetic/fine/`` for each name."""
+    (src,) = sorted((FORMAT1 / "synthetic" / "fine").glob("seed0-*.json"))
+    for name in names:
+        folder = root / name / "synthetic" / "fine"
+        folder.mkdir(parents=True)
+        shutil.copy(src, folder / src.name)
+        shutil.copy(src.with_suffix(".audit"), folder / src.with_suffix(".audit").name)
+    return src, root
+
+
 def test_migrate_audits_upgrades_only_audits_that_still_match(tmp_path: Path, capsys) -> None:
     """scripts/migrate_audits.py: an old audit of its record's numbers is upgraded (the same gaps,
     reproduced, the full suite, the new digest); one of other numbers or another key is refused,
@@ -212,14 +224,8 @@ def test_migrate_audits_upgrades_only_audits_that_still_match(tmp_path: Path, ca
     from fabench.audit import AUDIT_FORMAT, SKIP_ALREADY_RUN, read_audit
 
     mod = load_script("migrate_audits")
-    (src,) = sorted((FORMAT1 / "synthetic" / "fine").glob("seed0-*.json"))
-    root = tmp_path / "records"
     names = ("good", "numbers", "key")
-    for name in names:
-        folder = root / name / "synthetic" / "fine"
-        folder.mkdir(parents=True)
-        shutil.copy(src, folder / src.name)
-        shutil.copy(src.with_suffix(".audit"), folder / src.with_suffix(".audit").name)
+    src, root = copy_format1_fixture(tmp_path / "records", names)
     old = json.loads(src.with_suffix(".audit").read_text())
     assert "format" not in old  # the fixture is of the first format
     numbers = root / "numbers" / "synthetic" / "fine" / src.name
@@ -259,14 +265,8 @@ def test_migrate_audits_rebinds_only_records_that_verify_more_since(tmp_path: Pa
     from fabench.audit import read_audit
 
     mod = load_script("migrate_audits")
-    (src,) = sorted((FORMAT1 / "synthetic" / "fine").glob("seed0-*.json"))
-    root = tmp_path / "records"
     names = ("more", "more_and_numbers", "fewer")
-    for name in names:
-        folder = root / name / "synthetic" / "fine"
-        folder.mkdir(parents=True)
-        shutil.copy(src, folder / src.name)
-        shutil.copy(src.with_suffix(".audit"), folder / src.with_suffix(".audit").name)
+    src, root = copy_format1_fixture(tmp_path / "records", names)
     assert mod.main([str(root)]) == 0  # format 1 -> current, bound to today's records
     capsys.readouterr()
     files = {n: root / n / "synthetic" / "fine" / src.name for n in names}
