@@ -237,11 +237,12 @@ def validate_outcome(
             raise fail(f"the adversarial example of point {j} is at distance {float(norms[far][0]):g}, "
                        f"not the claimed {float(d[j]):g}")
         with torch.no_grad():
-            still = model.correct(a, y[idx]).cpu()
+            y_idx = y[idx]
+            still = model.correct(a, y_idx).cpu()
             # A float32 tie at the boundary can be judged differently in another batch: a claim
             # fails only if its example is also classified correctly on its own (batch of one).
             for k in still.nonzero().squeeze(1)[:ALONE_RECHECKS].tolist():
-                still[k] = bool(model.correct(a[k:k + 1], y[idx][k:k + 1]).cpu()[0])
+                still[k] = bool(model.correct(a[k:k + 1], y_idx[k:k + 1]).cpu()[0])
         if still.any():
             j = int(idx[still.nonzero()[0, 0]])
             raise fail(f"the adversarial example claimed for point {j} is classified correctly by the model")

@@ -68,6 +68,10 @@ def _cases() -> list[Case]:
                        ("fab", "eta=1e6"), ("cw", "stepsize=1e6")]:
         add(f"set-{attack}.{kv}", tiny("--set", f"{attack}.{kv}", attacks=attack))
     add("set-pairwise.scan_points=0", tiny("--set", "pairwise.scan_points=0", attacks="pairwise"))
+    # constants past float32 (internal errors deep in the attack before they had an upper end)
+    for kv in ["cw.confidence=1e308", "cw.initial_const=1e308", "surrogate.beta_start=1e308",
+               "surrogate.beta_end=1e308", "exact.polish_band=1e308"]:
+        add(f"set-{kv}", tiny("--set", kv, attacks=kv.partition(".")[0]))
     add("set-fine.h=0", tiny("--set", "h=0", recipe="fine"))
     add("set-robust.bias_fraction=-1", tiny("--set", "bias_fraction=-1", recipe="robust"))
     add("set-robust.centre=x", tiny("--set", "centre=x", recipe="robust"))

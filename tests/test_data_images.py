@@ -81,6 +81,19 @@ def test_mnist_balanced_subset_is_seeded_and_flagged(data_dir: Path) -> None:
     assert a.info["data_subset"] is True and "n_train" in a.info["subset_reason"]
 
 
+def test_more_images_than_the_files_hold_is_an_error_not_a_second_key(data_dir: Path) -> None:
+    """``n_test`` at the number of images takes them all, as 0 does; above it (which used to be
+    taken as all of them, under a key of its own) it is one error naming what the files hold."""
+    assert len(load(mnist.MNISTDigits, data_dir, n_test=10000).x_test) == 10000
+    with pytest.raises(ConfigError) as err:
+        load(mnist.MNISTDigits, data_dir, n_test=10001)
+    assert one_line(err.value) == "mnist: n_test=10001 but the files here hold 10000 test images (0 = all of them)"
+    with pytest.raises(ConfigError, match="n_train=60001 but the files here hold 60000 training images"):
+        load(mnist.MNISTDigits, data_dir, n_train=60001)
+    with pytest.raises(ConfigError, match="n_test=1018 but the files here hold 1017 test images"):
+        load(cifar.CIFAR10Images, data_dir, n_test=1018)
+
+
 def test_parity_is_a_task_file_only(data_dir: Path) -> None:
     task = registry.tasks.entry("mnist-parity").obj
     assert getattr(task, "kind") == "mnist"

@@ -21,7 +21,8 @@ import fabench  # noqa: E402
 from fabench import cache, params as P, provenance, records, registry  # noqa: E402
 from fabench.cli import main  # noqa: E402
 from fabench.errors import ConfigError, InvalidOutcomeError, RecordWriteError  # noqa: E402
-from fabench.evaluation import RunConfig, evaluate  # noqa: E402
+from fabench.attacks.base import MAX_CONSTANT  # noqa: E402
+from fabench.evaluation import RunConfig, evaluate, resolve  # noqa: E402
 
 TINY = {"d": 16, "k": 4, "n_train": 40, "n_test": 20, "steps": 30, "lr": 0.5}
 RADII = [0.0, 1.0, 2.0, 4.0, 8.0]
@@ -167,17 +168,34 @@ def test_every_builtin_numeric_parameter_has_declared_bounds() -> None:
                     assert k in e.meta.choices, (kind, e.name, k)
 
 
-def test_every_builtin_count_and_step_size_is_bounded_above() -> None:
-    """A count (an integer parameter) or a step size of a built-in recipe or attack has a finite
-    upper end: a mistyped value is refused before any work, not run for ever or with steps that
-    jump anywhere."""
-    step_sizes = {"lr", "backbone_lr", "rel_stepsize", "overshoot", "eta", "stepsize"}
-    for kind in ("recipes", "attacks"):
+def test_every_builtin_numeric_parameter_is_bounded_above() -> None:
+    """Every numeric parameter of a built-in task, recipe or attack (counts, step sizes, constants)
+    has a finite upper end: a mistyped value is refused before any work, not run for ever, with
+    steps that jump anywhere, or into a float32 overflow deep inside an attack."""
+    for kind in ("tasks", "recipes", "attacks"):
         for e in registry.REGISTRIES[kind].entries():
             for k, v in e.meta.params.items():
-                if (isinstance(v, int) and not isinstance(v, bool)) or k in step_sizes:
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
                     hi = e.meta.bounds[k][1]
                     assert hi is not None and hi < float("inf"), (kind, e.name, k)
+
+
+@pytest.mark.parametrize("attack, sets", [
+    ("cw", {"confidence": MAX_CONSTANT, "initial_const": MAX_CONSTANT, "binary_search_steps": 3, "steps": 3}),
+    ("surrogate", {"beta_start": MAX_CONSTANT, "beta_end": MAX_CONSTANT, "steps": 3}),
+    ("surrogate", {"beta_start": 1e-9, "beta_end": MAX_CONSTANT, "steps": 3}),
+    ("exact", {"polish_band": MAX_CONSTANT, "strict": False}),
+])
+def test_constants_at_the_top_of_their_range_run(tmp_path: Path, attack: str, sets: dict) -> None:
+    """At the upper end of its declared range a constant still runs to a verified record (above it,
+    ``confidence=1e308`` and ``beta_start=1e308`` overflowed float32 inside the attack: an internal error)."""
+    over = [(f"{attack}.{k}", str(v)) for k, v in sets.items()]
+    cfg = RunConfig(task="synthetic", recipe="fine", attacks=[attack], radii=[0.0, 1.0, 4.0],
+                    overrides=[("d", "16"), ("k", "4"), ("n_train", "40"), ("n_test", "12"), *over])
+    rec, _, _ = evaluate(cfg, out_dir=tmp_path / "res")
+    assert rec.verified_attacks == [attack]
+    with pytest.raises(ConfigError, match="is outside its range"):
+        resolve(RunConfig(task="synthetic", recipe="fine", attacks=[attack], overrides=[(over[0][0], "1e308")]))
 
 
 def test_every_value_in_use_is_in_its_declared_range() -> None:
@@ -185,7 +203,6 @@ def test_every_value_in_use_is_in_its_declared_range() -> None:
     audit's strong suite and the shipped sweep files all resolve within the declared ranges."""
     from fabench import sweep
     from fabench.audit import STRONG_ATTACKS, STRONG_PARAMS
-    from fabench.evaluation import resolve
 
     for task in registry.tasks.names():
         for recipe in registry.recipes.names():

@@ -31,6 +31,13 @@ MAX_RESTARTS = 10_000
 #: fraction of the step to it (DeepFool's ``overshoot``, FAB's ``eta - 1``), C&W's ``stepsize``
 #: (Adam's, in tanh space, where a step of 10 saturates every coordinate).
 MAX_STEP_FACTOR = 10.0
+#: The largest value accepted for a constant with no natural upper end: C&W's ``initial_const``
+#: and ``confidence`` (a logit margin; the models here have margins of order 10), the surrogate's
+#: softplus ``beta_start``/``beta_end`` (at 1e6 the softplus is the ReLU to float32 precision at
+#: any input scale) and ``exact``'s ``polish_band`` (a band of 1e6 polishes every radius below a
+#: distance). Far above any use, and finite so that float32 arithmetic cannot overflow (C&W's margin and
+#: the softplus's ``beta`` are float32: ``confidence=1e308`` used to end in an internal error).
+MAX_CONSTANT = 1e6
 
 
 def nothing_broken(x: torch.Tensor, radii: Sequence[float]) -> AttackOutcome:

@@ -52,7 +52,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from fabench._lazy import TorchModule, lazy, lazy_attr
 from fabench import registry
-from fabench.attacks.base import MAX_RESTARTS, MAX_STEPS, boxed, clip, nothing_broken, outcome_from_distances
+from fabench.attacks.base import (
+    MAX_CONSTANT, MAX_RESTARTS, MAX_STEPS, boxed, clip, nothing_broken, outcome_from_distances,
+)
 from fabench.errors import ConfigError
 from fabench.types import AttackOutcome, Meta, Params, TaskData
 
@@ -641,7 +643,7 @@ class ExactAttack:
         params={"sweeps": 60, "batch": 4096, "strict": True, "polish_steps": 100, "polish_band": 0.05,
                 "polish_restarts": 2},
         bounds={"sweeps": (1, MAX_STEPS), "batch": (1, MAX_BATCH), "polish_steps": (0, MAX_STEPS),
-                "polish_band": (0.0, None), "polish_restarts": (0, MAX_RESTARTS)},
+                "polish_band": (0.0, MAX_CONSTANT), "polish_restarts": (0, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = True
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from fabench._lazy import lazy
 from fabench import registry
-from fabench.attacks.base import MAX_STEP_FACTOR, MAX_STEPS, candidates_outcome
+from fabench.attacks.base import MAX_CONSTANT, MAX_STEP_FACTOR, MAX_STEPS, candidates_outcome
 from fabench.attacks.autoattack import unit_box
 from fabench.attacks.foolbox_attacks import import_foolbox
 from fabench.types import AttackOutcome, Meta, Params, TaskData
@@ -40,7 +40,7 @@ class CarliniWagnerAttack:
         params={"steps": 1000, "binary_search_steps": 9, "stepsize": 0.01, "initial_const": 0.1,
                 "confidence": 0.0},
         bounds={"steps": (1, MAX_STEPS), "binary_search_steps": (1, MAX_CW_SEARCH_STEPS),
-                "stepsize": (0.0, MAX_STEP_FACTOR), "initial_const": (0.0, None), "confidence": (0.0, None)},
+                "stepsize": (0.0, MAX_STEP_FACTOR), "initial_const": (0.0, MAX_CONSTANT), "confidence": (0.0, MAX_CONSTANT)},
     )
     minimization: ClassVar[bool] = True
 

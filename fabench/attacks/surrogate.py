@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 from fabench._lazy import lazy
 from fabench import registry
 from fabench.attacks.base import (
-    MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, RADIUS_RTOL, clip, fixed_radius_outcome, into_ball, is_adversarial,
+    MAX_CONSTANT, MAX_RESTARTS, MAX_STEP_FACTOR, MAX_STEPS, RADIUS_RTOL, clip, fixed_radius_outcome, into_ball, is_adversarial,
     per_point, random_in_ball,
 )
 from fabench.types import AttackOutcome, Meta, Params, TaskData
@@ -158,8 +158,8 @@ class SurrogateAttack:
                   "(Madry et al. 2018); dead-ReLU failure of gradient attacks: Li et al. (ICLR 2025)",
         params={"steps": 100, "rel_stepsize": 0.05, "beta_start": 1.0, "beta_end": 100.0, "restarts": 1,
                 "random_start": False},
-        bounds={"steps": (1, MAX_STEPS), "rel_stepsize": (1e-9, MAX_STEP_FACTOR), "beta_start": (1e-9, None),
-                "beta_end": (1e-9, None), "restarts": (0, MAX_RESTARTS)},
+        bounds={"steps": (1, MAX_STEPS), "rel_stepsize": (1e-9, MAX_STEP_FACTOR), "beta_start": (1e-9, MAX_CONSTANT),
+                "beta_end": (1e-9, MAX_CONSTANT), "restarts": (0, MAX_RESTARTS)},
     )
     minimization: ClassVar[bool] = False
 

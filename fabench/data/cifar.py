@@ -164,7 +164,7 @@ class CIFAR10Images:
         "n_test": 0,
     }
     bounds: ClassVar[Mapping[str, tuple[float | None, float | None]]] = {
-        "positive_classes": (0, 9), "n_train": (0, None), "n_test": (0, None),
+        "positive_classes": (0, 9), "n_train": (0, store.MAX_IMAGES), "n_test": (0, store.MAX_IMAGES),
     }
 
     def load(

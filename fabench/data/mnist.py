@@ -123,7 +123,7 @@ class MNISTDigits:
         "n_test": 0,  # 0 = all 10000
     }
     bounds: ClassVar[Mapping[str, tuple[float | None, float | None]]] = {
-        "positive_classes": (0, 9), "n_train": (0, None), "n_test": (0, None),
+        "positive_classes": (0, 9), "n_train": (0, store.MAX_IMAGES), "n_test": (0, store.MAX_IMAGES),
     }
 
     def load(

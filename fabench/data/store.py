@@ -101,6 +101,10 @@ def download_verified(
     )
 
 
+#: The largest ``n_train``/``n_test`` an image task accepts (its declared range; the files bound it further).
+MAX_IMAGES = 100_000_000
+
+
 def class_balanced_subset(labels: torch.Tensor, n: int, *, seed: int, num_classes: int) -> torch.Tensor:
     """A seeded, class-balanced subset of ``n`` indices (sorted); all indices when ``n`` is 0.
 
@@ -164,12 +168,16 @@ def image_task_data(
 ) -> TaskData:
     """The :class:`TaskData` of a 10-class image dataset with pixels in ``[0, 1]``.
 
-    Takes seeded class-balanced subsets (``n_train``/``n_test``; 0 = all), uses the class-mean
+    Takes seeded class-balanced subsets (``n_train``/``n_test``; 0 = all; more than the files hold is
+    a :class:`ConfigError`), uses the class-mean
     training images as the features ``mu_j``, and records whether (and why) the data is a subset:
     ``files_subset_reason`` when the files themselves are shorter than the official ones.
     """
     (x_tr, j_tr), (x_te, j_te) = train, test
     n_tr_avail, n_te_avail = len(j_tr), len(j_te)
+    for what, split, asked, avail in (("n_train", "training", n_train, n_tr_avail), ("n_test", "test", n_test, n_te_avail)):
+        if asked > avail:  # it would take them all, under another key than 0 (= all) for the same data
+            raise ConfigError(f"{name}: {what}={asked} but the files here hold {avail} {split} images (0 = all of them)")
     tr = class_balanced_subset(j_tr, n_train, seed=seed, num_classes=10)
     te = class_balanced_subset(j_te, n_test, seed=seed + 1, num_classes=10)
     x_tr, j_tr, x_te, j_te = x_tr[tr], j_tr[tr], x_te[te], j_te[te]
