@@ -45,6 +45,8 @@ TOP_KEYS = ("name", "kind", "description", "reference", "params", "radii", "reci
 RADII_KEYS = ("start", "stop", "step", "headline")
 #: The longest task name (it is a directory name of the records).
 MAX_NAME = 100
+#: Radii are rounded to this many decimal places (hides float drift in ``start + i * step``).
+RADIUS_DIGITS = 10
 
 
 class TaskKind(Protocol):
@@ -75,11 +77,19 @@ def _import_kinds() -> None:
 
 
 def radius_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
-    """``start, start+step, ..., stop`` (inclusive), rounded to hide float drift."""
+    """``start, start+step, ..., stop`` (inclusive), rounded to :data:`RADIUS_DIGITS` decimal places
+    to hide float drift; a grid that the rounding would move by more than a thousandth of its step
+    (a step finer than the rounding: ``0:1e-11:1e-12`` would be all zeros) is refused."""
     from fabench.validation import check_grid_size
 
     n = check_grid_size(start, stop, step, what="radius grid") - 1  # refused before it is built
-    return tuple(round(start + i * step, 10) for i in range(n + 1))
+    exact = [start + i * step for i in range(n + 1)]
+    grid = tuple(round(r, RADIUS_DIGITS) for r in exact)
+    for r, g in zip(exact, grid):
+        if abs(g - r) > 1e-3 * step:
+            raise ConfigError(f"radius grid: radii are kept to {RADIUS_DIGITS} decimal places, too few for step "
+                              f"{step:g} (radius {r:g} would become {g:g}); use a coarser step")
+    return grid
 
 
 @dataclass
@@ -128,6 +138,8 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
         raise ConfigError(f"task file {str(p)!r} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"task file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path the system refuses (a NUL character)
+        raise ConfigError(f"task file {str(p)!r} cannot be read: {exc}") from None
     where = f"task file {str(p)!r}"
     _check_keys(raw, TOP_KEYS, where)
     for table in ("params", "radii", "recipe_defaults"):
@@ -139,7 +151,7 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
             raise ConfigError(f"{where}: {text_key} must be a string, got {raw[text_key]!r}")
     _import_kinds()
     kind = raw.get("kind")
-    if kind not in TASK_KINDS:
+    if not isinstance(kind, str) or kind not in TASK_KINDS:  # a list or table is no kind either
         raise UnknownNameError(
             f"task file {str(p)!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(TASK_KINDS))}"
         )
@@ -160,6 +172,10 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
     rd = raw.get("recipe_defaults", {})
     if not isinstance(rd, dict) or not all(isinstance(v, dict) for v in rd.values()):
         raise ConfigError(f"task file {str(p)!r}: [recipe_defaults.<recipe>] tables expected")
+    for key in rd:
+        if "@" in key:  # the defaults of a recipe apply whoever provides it
+            raise ConfigError(f"{where}: [recipe_defaults] key {key!r}: recipe_defaults keys are recipe names, "
+                              f"or \"*\", without @distribution (here {key.partition('@')[0]!r})")
     if source != "fabench":  # the shipped files name only built-in recipes
         _warn_unknown_recipes(rd, where)
     meta = Meta(
@@ -175,12 +191,15 @@ def load_task_file(path: str | os.PathLike[str], *, source: str = "fabench") -> 
 
 
 def safe_name(name: Any, *, where: str) -> str:
-    """A task name that is also a safe path component (records are stored under it): one line of
-    at most :data:`MAX_NAME` printable characters."""
+    """A task name that is also a safe path component (records are stored under it) and can be
+    looked up (no ``@``: ``name@distribution`` picks a provider; not ``*.toml``: a task file's path):
+    one line of at most :data:`MAX_NAME` printable characters."""
     text = str(name).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
-    if not text or text in (".", "..") or any(c in text for c in "/\\\0") or text != str(name):
-        raise ConfigError(f"{where}: name {name!r} must be a non-empty word without '/', '\\' or "
+    if not text or text in (".", "..") or any(c in text for c in "/\\@\0") or text != str(name):
+        raise ConfigError(f"{where}: name {name!r} must be a non-empty word without '/', '\\', '@' or "
                           "surrounding spaces, and not '.' or '..'")
+    if text.endswith(".toml"):
+        raise ConfigError(f"{where}: name {name!r} ends in '.toml', which --task reads as a task file's path")
     if not text.isprintable():
         raise ConfigError(f"{where}: name {name!r} has a line break or another control character")
     if len(text) > MAX_NAME:
@@ -218,11 +237,11 @@ def _headline(value: Any, radii: tuple[float, ...]) -> tuple[float, ...]:
         r = _number(h, "[radii] headline radius")
         if not math.isfinite(r) or r < 0:
             raise ConfigError(f"[radii] headline radius {h!r} must be finite and non-negative")
-        match = [g for g in radii if abs(g - r) <= 1e-9 * max(1.0, abs(g))]
-        if not match:
+        near = min(radii, key=lambda g: abs(g - r))  # the nearest: a fine grid has several within 1e-9
+        if abs(near - r) > 1e-9 * max(1.0, abs(near)):
             raise ConfigError(f"[radii] headline radius {h!r} is not on the grid "
                               f"({radii[0]:g} to {radii[-1]:g} in steps; headline radii must be grid radii)")
-        out.append(match[0])
+        out.append(near)
     return tuple(dict.fromkeys(out))
 
 
@@ -234,7 +253,7 @@ def _warn_unknown_recipes(tables: Mapping[str, Any], where: str) -> None:
     reg = registry.recipes
     reg._ensure_builtins()
     known = set(reg._entries) | {ep.name for ep in reg._group_entry_points()}
-    unknown = sorted(n for n in tables if n != "*" and n.partition("@")[0] not in known)
+    unknown = sorted(n for n in tables if n != "*" and n not in known)
     if unknown:
         warnings.warn(f"{where}: [recipe_defaults] names recipes that are not registered here: "
                       f"{', '.join(unknown)} (a plugin not installed?); their defaults are unused",

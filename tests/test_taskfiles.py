@@ -117,3 +117,76 @@ def test_recipe_defaults_for_an_unregistered_recipe_warn_once(tmp_path: Path) ->
     with pytest.warns(PluginWarning, match=r"not registered here: nonexist \(a plugin not installed\?\)") as rec:
         task = load_task_file(path, source="file:x")
     assert len(rec) == 1 and task.recipe_defaults["binary"] == {"m": 2}
+
+
+@pytest.mark.parametrize("kind", ['["synthetic"]', "{a = 1}", "3", "true"])
+def test_a_kind_that_is_not_text_is_an_unknown_kind_not_an_internal_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(BASE.replace('kind = "synthetic"', f"kind = {kind}"), encoding="utf-8")
+    with pytest.raises(UnknownNameError, match="unknown kind .*; known kinds: "):
+        load_task_file(path, source="file:x")
+
+
+def test_a_broken_kind_on_the_tasks_path_is_skipped_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fabench.registry import PluginWarning
+    from fabench.taskfiles import register_builtin_tasks
+
+    (tmp_path / "k.toml").write_text(BASE.replace('kind = "synthetic"', 'kind = ["synthetic"]'), encoding="utf-8")
+    (tmp_path / "good.toml").write_text(BASE, encoding="utf-8")
+    monkeypatch.setenv("FABENCH_TASKS_PATH", str(tmp_path))
+    registered: list[str] = []
+    with pytest.warns(PluginWarning, match="skipping task file .*k.toml.*unknown kind") as rec:
+        register_builtin_tasks(lambda task, **kw: registered.append(task.meta.name))
+    assert len(rec) == 1 and "good" in registered and "k" not in registered
+
+
+@pytest.mark.parametrize("name", ["foo@bar", "@", "foo@", "x.toml", "a.b.toml"])
+def test_a_name_that_cannot_be_looked_up_is_refused_when_the_file_is_loaded(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(f'name = "{name}"\n' + BASE, encoding="utf-8")
+    with pytest.raises(ConfigError, match="'@'" if "@" in name else "ends in '.toml'"):
+        load_task_file(path, source="file:x")
+    # the file's own name, when the file names no task, is checked the same way
+    stem = tmp_path / "foo@bar.toml"
+    stem.write_text(BASE, encoding="utf-8")
+    with pytest.raises(ConfigError, match="name 'foo@bar' must be"):
+        load_task_file(stem, source="file:x")
+
+
+def test_recipe_defaults_of_a_recipe_at_a_distribution_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(BASE + '[recipe_defaults."binary@fabench"]\nm = 3\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"key 'binary@fabench': recipe_defaults keys are recipe names, or "
+                                          r"\"\*\", without @distribution \(here 'binary'\)"):
+        load_task_file(path)
+
+
+def test_a_task_file_path_the_system_refuses_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot be read: embedded null byte"):
+        load_task_file("a\0.toml")
+
+
+@pytest.mark.parametrize("start, stop, step", [(0.0, 1e-11, 1e-12), (0.0, 1e-9, 1.5e-10), (1e-12, 1e-11, 1e-12)])
+def test_a_radius_grid_finer_than_its_rounding_is_refused(start: float, stop: float, step: float) -> None:
+    # 0:1e-11:1e-12 was silently the grid of radius 0 alone (rounded to 10 decimal places)
+    with pytest.raises(ConfigError, match="radius grid: radii are kept to 10 decimal places, too few for step"):
+        radius_grid(start, stop, step)
+
+
+def test_a_fine_radius_grid_that_its_rounding_keeps_is_kept_and_its_headline_snaps_to_the_nearest(
+    tmp_path: Path,
+) -> None:
+    assert radius_grid(0.0, 1e-9, 1e-10) == tuple(round(i * 1e-10, 10) for i in range(11))  # 11 distinct radii
+    assert len(set(radius_grid(0.0, 1e-9, 1e-10))) == 11
+    assert radius_grid(0.0, 0.3, 0.1) == (0.0, 0.1, 0.2, 0.3)  # float drift still hidden
+    path = tmp_path / "t.toml"
+    path.write_text(BASE.replace("stop = 2.0\nstep = 1.0", "stop = 1e-9\nstep = 1e-10") + "headline = [2e-10]\n",
+                    encoding="utf-8")
+    assert load_task_file(path).headline_radii == (2e-10,)  # not 0.0, the first grid radius within 1e-9
+
+
+def test_every_shipped_task_file_still_loads() -> None:
+    for f in builtin_task_files():
+        assert load_task_file(f).radii
