@@ -623,7 +623,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
     text = str(message)
     if issubclass(category, (PluginWarning, RecordWarning, CacheWarning)):
-        sys.stderr.write(f"fabench: warning: {text.removeprefix('fabench: ')}\n")
+        sys.stderr.write(f"fabench: warning: {printable(text.removeprefix('fabench: '))}\n")
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -658,15 +658,21 @@ def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
         return EXIT_USAGE if isinstance(exc, FabenchError) else EXIT_INTERNAL
 
 
+def printable(text: str) -> str:
+    """``text`` as one line that is safe on a terminal: runs of whitespace (line breaks included) become
+    one space, any other control character is escaped as in a repr (a NUL is ``\\x00``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+
+
 def one_line(exc: BaseException) -> str:
     """The one stderr line of an error: the message, or for an internal error its type and origin."""
     if isinstance(exc, FabenchError):
-        return f"fabench: error: {' '.join(str(exc).split())}"
+        return f"fabench: error: {printable(str(exc))}"
     if isinstance(exc, MemoryError):
         return "fabench: error: out of memory (use smaller sizes; --traceback shows where)"
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    text = " ".join(str(exc).split())[:300]
+    text = printable(str(exc))[:300]
     return (f"fabench: internal error: {type(exc).__name__}{': ' + text if text else ''}{where} "
             f"(rerun with --traceback, or FABENCH_DEBUG=1, for the full trace)")
 

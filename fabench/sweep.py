@@ -195,7 +195,10 @@ def _epsilons(value: Any, where: str) -> list[float] | None:
             parts = [float(p) for p in value.split(":")]
             if len(parts) != 3:
                 raise bad
-            radii = list(radius_grid(*parts))
+            try:
+                radii = list(radius_grid(*parts))
+            except ConfigError as exc:  # why the grid is refused, not only what epsilons may be
+                raise ConfigError(f"{where}: epsilons {value!r}: {str(exc).removeprefix('radius grid: ')}") from None
         elif isinstance(value, str):
             radii = [float(p) for p in value.split(",")]  # an empty item ("0,,1") is an error
         elif isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -203,7 +206,9 @@ def _epsilons(value: Any, where: str) -> list[float] | None:
             radii = [float(v) for v in value]
         else:
             raise bad
-    except (ValueError, ConfigError):
+    except ConfigError:
+        raise
+    except ValueError:
         raise bad from None
     if not radii or any(r != r or r in (float("inf"),) or r < 0 for r in radii):
         raise bad
@@ -269,6 +274,18 @@ def _variants(value: Any, where: str) -> list[list[tuple[str, str]]]:
     return [_assignments(v, f"{where}: variants[{i}]") for i, v in enumerate(value)]
 
 
+def _path(base: Path, text: str, what: str) -> Path:
+    """``text`` (relative to ``base``, ``~`` expanded) made absolute, or one ConfigError line when the
+    system cannot use it as a path (a NUL character, a name too long, an unknown ``~user``)."""
+    try:
+        path = (base / Path(text).expanduser()).resolve()
+        path.exists()  # raises for a path the system refuses (too long), and not later, mid-sweep
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{what} {text!r} is not a usable path: {reason}") from None
+    return path
+
+
 def read_sweep_file(path: Path) -> dict[str, Any]:
     """The TOML table of a sweep file; every reading problem is one :class:`ConfigError` line."""
     try:
@@ -309,7 +326,7 @@ def load_sweep(
     out = doc.get("out", DEFAULT_OUT)
     if not isinstance(out, str) or not out.strip():
         raise ConfigError(f"{name}: out must be a directory path, got {out!r}")
-    out_dir = (base / Path(out).expanduser()).resolve()
+    out_dir = _path(base, out, f"{name}: out")
     if device is not None:
         device = _device(device, "--device")
 
@@ -344,7 +361,7 @@ def load_sweep(
         overrides[scope] = tables
 
     def task_ref(t: str) -> str:  # a task file is relative to the sweep file
-        return str((base / Path(t).expanduser()).resolve()) if t.endswith(".toml") else t
+        return str(_path(base, t, f"{name}: task file")) if t.endswith(".toml") else t
 
     count_jobs(grids, overrides)
     jobs: list[Job] = []

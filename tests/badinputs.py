@@ -131,7 +131,36 @@ def _cases() -> list[Case]:
                                       "@TMP/mnist", "--set", "n_train=100", "--set", "n_test=20",
                                       "--attacks", "analytic", "--epsilons", "0,1", "-q"],
         env={"FABENCH_OFFLINE": "1"})
+    # fuzz round, findings 1, 6, 7, 8, 12c: task files with a kind that is no text, a name that cannot be
+    # looked up, [recipe_defaults."R@dist"], grids finer than their rounding; sweep paths with a NUL
+    for name in FZ_A_TASK_FILES:
+        add(f"taskfile-{name}", tiny(task=f"@TMP/fz-a/tasks/{name}.toml"))
+    add("tasks-path-kind-list-list", ["list"], expect="warn", env={"FABENCH_TASKS_PATH": "@TMP/fz-a/kindpath"})
+    add("tasks-path-kind-list-evaluate", tiny(), expect="warn", env={"FABENCH_TASKS_PATH": "@TMP/fz-a/kindpath"})
+    add("tasks-path-name-at-list", ["list"], expect="warn", env={"FABENCH_TASKS_PATH": "@TMP/fz-a/atpath"})
+    add("epsilons-0:1e-11:1e-12", tiny("--epsilons", "0:1e-11:1e-12"))
+    for name in FZ_A_SWEEPS:
+        add(f"sweep-{name}", ["sweep", f"@TMP/fz-a/sweeps/{name}.toml", "--dry-run"])
     return c
+
+
+_FZ_A_BASE = 'kind = "synthetic"\n[params]\nd = 16\nk = 4\nn_train = 20\nn_test = 10\n[radii]\nstart = 0.0\nstop = 2.0\nstep = 1.0\n'
+FZ_A_TASK_FILES = {
+    "kind-list": _FZ_A_BASE.replace('kind = "synthetic"', 'kind = ["synthetic"]'),
+    "kind-table": _FZ_A_BASE.replace('kind = "synthetic"', "kind = {a = 1}"),
+    "name-at": 'name = "foo@bar"\n' + _FZ_A_BASE,
+    "name-dot-toml": 'name = "foo.toml"\n' + _FZ_A_BASE,
+    "recipe-defaults-at": _FZ_A_BASE + '[recipe_defaults."binary@fabench"]\nm = 3\n',
+    "radii-collapse": _FZ_A_BASE.replace("stop = 2.0\nstep = 1.0", "stop = 1e-11\nstep = 1e-12"),
+}
+FZ_A_SWEEPS = {
+    "out-nul": 'out = "a\\u0000b"\ntasks = ["synthetic"]\nrecipes = ["binary"]\n',
+    "task-nul": 'tasks = ["a\\u0000.toml"]\nrecipes = ["binary"]\n',
+    "recipe-nul": 'tasks = ["synthetic"]\nrecipes = ["bin\\u0000ary"]\n',
+    "out-too-long": f'out = "{"x" * 5000}"\ntasks = ["synthetic"]\nrecipes = ["binary"]\n',
+    "out-unknown-user": 'out = "~no-such-user-fz/x"\ntasks = ["synthetic"]\nrecipes = ["binary"]\n',
+    "epsilons-collapse": 'tasks = ["synthetic"]\nrecipes = ["binary"]\nepsilons = "0:1e-11:1e-12"\n',
+}
 
 
 def _set(path: str, value: object) -> "Callable[[dict], None]":
@@ -343,6 +372,13 @@ def prepare(root: Path, good_record: dict | None = None, *, mnist: bool = True) 
     ex.mkdir()
     (ex / "fabench_exit_plugin.py").write_text("import sys\nsys.exit(3)\n")
     write_dist(ex, "fabench-exit-plugin", {"fabench.recipes": {"exiter": "fabench_exit_plugin:X"}})
+    # fuzz round, findings 1, 6, 7, 8, 12c: the files of those cases
+    fz = root / "fz-a"
+    for sub, files in [("tasks", FZ_A_TASK_FILES), ("sweeps", FZ_A_SWEEPS),
+                       ("kindpath", {"k": FZ_A_TASK_FILES["kind-list"]}), ("atpath", {"a": FZ_A_TASK_FILES["name-at"]})]:
+        (fz / sub).mkdir(parents=True)
+        for name, text in files.items():
+            (fz / sub / f"{name}.toml").write_text(text, encoding="utf-8")
     # MNIST: torchvision's unpacked idx files (no .gz) with 3000 training labels changed
     shared = Path(os.environ.get("FABENCH_TEST_DATA", "/work/shared/data")) / "MNIST" / "raw"
     if mnist and shared.is_dir():

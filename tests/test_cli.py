@@ -344,3 +344,13 @@ def test_python_m_fabench_is_the_command_line() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0 and "synthetic" in proc.stdout, proc.stderr
     assert fabench.__version__ != "" and "__version__" in fabench.__all__
+
+
+def test_an_error_line_escapes_control_characters_and_stays_one_line() -> None:
+    from fabench.cli import one_line
+    from fabench.errors import ConfigError
+
+    line = one_line(ConfigError("name 'a\0b\x1b[2J' \n and\tmore"))
+    assert line == "fabench: error: name 'a\\x00b\\x1b[2J' and more"
+    assert one_line(ConfigError("naïve ünïcode")) == "fabench: error: naïve ünïcode"  # printable: kept
+    assert "\\x00" in one_line(ValueError("embedded \0 here"))

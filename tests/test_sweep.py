@@ -376,3 +376,31 @@ def test_sweep_of_finished_records_needs_no_writable_results(
     (tmp_path / "records").rename(tmp_path / "old")  # a job to run: now the check applies
     code, _, err = cli(["sweep", str(path), "--jobs", "1", "-q"], capsys)
     assert code == 2 and "Read-only file system" in err
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ('out = "a\\u0000b"\n', "out 'a\\x00b' is not a usable path: embedded null byte"),
+        (f'out = "{"x" * 5000}"\n', "is not a usable path: File name too long"),
+        ('out = "~no-such-user-fz/x"\n', "out '~no-such-user-fz/x' is not a usable path"),
+        ('tasks = ["a\\u0000.toml"]\n', "task file 'a\\x00.toml' is not a usable path: embedded null byte"),
+        ('epsilons = "0:1e-11:1e-12"\n', "epsilons '0:1e-11:1e-12': radii are kept to 10 decimal places"),
+    ],
+)
+def test_sweep_paths_the_system_refuses_and_collapsing_grids_are_one_line(
+    tmp_path: Path, extra: str, needle: str, capsys
+) -> None:
+    # each was an internal error (a NUL: ValueError; a name too long: OSError mid-walk; ~user: RuntimeError),
+    # or a grid silently rounded to the one radius 0
+    path = write(tmp_path / "s.toml", extra + FUZZ.replace('tasks = ["synthetic"]\n', "" if "tasks" in extra else
+                                                           'tasks = ["synthetic"]\n'))
+    code, out, err = cli(["sweep", str(path), "--dry-run"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err and "\0" not in err, err
+
+
+def test_a_raw_nul_in_a_name_is_printed_escaped(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path / "s.toml", FUZZ.replace('recipes = ["binary"]', 'recipes = ["bin\\u0000\\u001bary"]'))
+    code, out, err = cli(["sweep", str(path), "--dry-run"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "(synthetic/bin\\x00\\x1bary)" in err, err
+    assert err[:-1].isprintable()  # no raw control character on the terminal
