@@ -202,12 +202,13 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def check_runtime_options(args: argparse.Namespace) -> None:
-    """``--device`` (or ``$FABENCH_DEVICE``), ``--threads`` and ``--cache-dir``, checked before a
-    finished record is looked up: a bad value is an error even where nothing is computed."""
-    from fabench.device import check_threads, device_spec
+    """``--device`` (or ``$FABENCH_DEVICE``), ``--threads``, ``--batch-size`` and ``--cache-dir``,
+    checked before a finished record is looked up: a bad value is an error even where nothing is computed."""
+    from fabench.device import check_batch_size, check_threads, device_spec
 
     device_spec(args.device)
     check_threads(args.threads)
+    check_batch_size(args.batch_size)
     if args.cache_dir:
         _check_cache_dir(Path(args.cache_dir).expanduser())
 

@@ -26,6 +26,9 @@ _SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 #: Attack batch size on the CPU (points attacked together), and the bounds of the GPU's choice.
 CPU_BATCH = 500
 GPU_BATCH_RANGE = (32, 20_000)
+#: The largest ``--batch-size`` accepted: the most test points a built-in task has
+#: (:data:`fabench.protocol.MAX_N_EVAL`); a batch of at least the points attacked is all of them at once.
+MAX_BATCH_SIZE = 100_000_000
 #: On the CPU, a smaller batch where the model's largest activation over the batch would exceed
 #: this many bytes (half a server CPU's 32 MiB last-level cache, so that a layer's input and output
 #: fit in it together; see :func:`attack_batch_size`), but never fewer than :data:`CPU_MIN_BATCH`.
@@ -70,6 +73,15 @@ def check_threads(threads: object, *, what: str = "--threads") -> int:
         raise ConfigError(f"{what} {threads}: at most {max_threads()} ({THREADS_PER_CPU} x the "
                           f"{os.cpu_count() or 1} CPUs here)")
     return threads
+
+
+def check_batch_size(batch_size: object, *, what: str = "--batch-size") -> int:
+    """``batch_size`` if it is an integer from 0 (chosen for the device) to :data:`MAX_BATCH_SIZE`,
+    else a ConfigError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 0 <= batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"{what} {batch_size!r}: expected an integer from 0 (chosen for the device) "
+                          f"to {MAX_BATCH_SIZE:,}")
+    return batch_size
 
 
 def resolve_device(text: str | None = None) -> "torch.device":
@@ -302,9 +314,7 @@ def attack_batch_size(device: "torch.device", point_numel: int, *, requested: in
       more (clipped to :data:`GPU_BATCH_RANGE`): a ResNet-18 keeps about 1.2 million floats per
       CIFAR image for its backward pass.
     """
-    if requested < 0:
-        raise ConfigError(f"--batch-size must be >= 0 (0 = chosen for the device), got {requested}")
-    if requested:
+    if check_batch_size(requested):
         return requested
     fp = footprint or Footprint()
     if device.type != "cuda":

@@ -22,13 +22,13 @@ from fabench.errors import ConfigError, InvalidOutcomeError, PluginError, Unknow
 from fabench.flags import sanity_flags
 from fabench.metrics import feature_report
 from fabench.models.backbones import effective_params, head_inputs
-from fabench.protocol import AttackSpec, check_radii, run_protocol, select_points
+from fabench.protocol import AttackSpec, check_n_eval, check_radii, run_protocol, select_points
 from fabench.provenance import describe_change, provenance
 from fabench.records import (
     SCHEMA_VERSION, Record, check_writable, config_key, find_record, radius_key, record_path, versions,
     write_record_or_keep,
 )
-from fabench.taskfiles import load_task_file
+from fabench.taskfiles import TASK_KINDS, FileTask, load_task_file
 from fabench.types import Attack, FitContext, ProgressFn, Task, TaskData, no_progress
 from fabench.validation import (
     BUILTIN_SOURCE, GuardedAttack, check_seed, check_unchanged, guarded, model_fingerprint, eval_data_fingerprint, who,
@@ -116,6 +116,16 @@ def get_task(name: str) -> tuple[Task, str]:
     return entry.obj, entry.name
 
 
+def canonical_params(task: Task, params: dict[str, Any]) -> dict[str, Any]:
+    """A task's resolved parameters in the one form the configuration key is taken of (list
+    parameters are already sorted, :func:`fabench.params.check_distinct`): through the
+    ``canonical_params(params)`` of the task, or of a task file's kind, where it has one (the
+    synthetic kind writes the default split as ``()``)."""
+    kind = TASK_KINDS.get(task.kind) if isinstance(task, FileTask) else None
+    hook = getattr(kind if kind is not None else task, "canonical_params", None)
+    return dict(hook(params)) if callable(hook) else params
+
+
 def route_overrides(
     pairs: Sequence[tuple[str, Any]], task_defaults: Mapping[str, Any], recipe_defaults: Mapping[str, Any],
     attack_defaults: Mapping[str, Mapping[str, Any]],
@@ -188,8 +198,8 @@ def resolve(cfg: RunConfig) -> Resolved:
         raise ConfigError("need at least one attack")
     attack_defaults = {e.name: dict(e.meta.params) for e in attack_entries}
     t_over, r_over, a_over = route_overrides(cfg.overrides, task.meta.params, recipe.meta.params, attack_defaults)
-    task_params = P.resolve(task.meta.params, t_over, owner=f"task {task_name}", bounds=task.meta.bounds,
-                            choices=task.meta.choices)
+    task_params = canonical_params(task, P.resolve(task.meta.params, t_over, owner=f"task {task_name}",
+                                                   bounds=task.meta.bounds, choices=task.meta.choices))
     defaults_for = getattr(task, "defaults_for", None)  # task files have them; plugin tasks may not
     task_recipe_defaults = defaults_for(recipe_entry.name, recipe.meta.params) if defaults_for else {}
     if not getattr(recipe, "inherit_task_defaults", True):  # a recipe may opt out of the task file's "*" table
@@ -211,8 +221,7 @@ def resolve(cfg: RunConfig) -> Resolved:
 
     if cfg.protocol not in PROTOCOL_MODES:
         raise ConfigError(f"--protocol {cfg.protocol!r}: expected one of {', '.join(PROTOCOL_MODES)}")
-    if cfg.n_eval < 0:
-        raise ConfigError(f"--n-eval must be >= 0 (0 = all test points), got {cfg.n_eval}")
+    check_n_eval(cfg.n_eval)  # and at most the test set, once it is loaded (compute)
     config = {
         "schema": SCHEMA_VERSION,
         "task": task_name,
@@ -291,6 +300,7 @@ def compute(cfg: RunConfig, res: Resolved, *, progress: ProgressFn = no_progress
         if not isinstance(data, TaskData):
             raise PluginError(f"{who('task', res.task_name, res.task.meta.source)} returned "
                               f"{type(data).__name__}, not a fabench.types.TaskData")
+    check_n_eval(cfg.n_eval, n_test=len(data.x_test))  # before any training
     timings["data"] = time.perf_counter() - t0
     data_print = eval_data_fingerprint(data)  # nothing after this may change the test data
     t0 = time.perf_counter()

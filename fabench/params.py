@@ -49,12 +49,13 @@ def parse_value(text: str, default: Any, *, key: str = "value") -> Any:
 
 
 def check_distinct(items: tuple[Any, ...], *, key: str) -> tuple[Any, ...]:
-    """``items`` if no value repeats, else a ConfigError: a list parameter (``positive_classes``) is
-    a set, and ``0,0`` would be a second configuration key for the computation of ``0``."""
+    """``items`` sorted if no value repeats, else a ConfigError: a list parameter
+    (``positive_classes``) is a set, and ``0,0`` or ``1,0`` would be a second configuration key for
+    the computation of ``0`` or ``0,1``."""
     seen = [v for i, v in enumerate(items) if v in items[:i]]
     if seen:
         raise ConfigError(f"{key}: {seen[0]!r} is given more than once in {','.join(map(str, items))}")
-    return items
+    return tuple(sorted(items))
 
 
 def coerce(value: Any, default: Any, *, key: str) -> Any:
@@ -72,7 +73,8 @@ def coerce(value: Any, default: Any, *, key: str) -> Any:
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         if any(isinstance(v, (list, tuple, dict)) for v in value):
             raise ConfigError(f"{key}: expected a flat list of numbers, got {value!r}")
-        return check_distinct(tuple(value), key=key)
+        proto = default[0] if default else 0  # items of the default's type (1.0 or true is not 1)
+        return check_distinct(tuple(coerce(v, proto, key=key) for v in value), key=key)
     if default is not None and not isinstance(value, type(default)):
         raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
     return value

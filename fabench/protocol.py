@@ -41,10 +41,12 @@ Two modes (``run_protocol(..., mode=...)``, recorded in :attr:`ProtocolResult.mo
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from fabench._lazy import lazy
 from fabench.device import module_device
@@ -99,10 +101,18 @@ class ProtocolResult:
 
 
 def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
-    """Sorted, de-duplicated, non-negative finite radii, or a ConfigError."""
-    out = []
+    """Sorted, de-duplicated, non-negative finite radii, or a ConfigError (also for radii that are
+    not a sequence of real numbers: text such as ``"0,1,2"``, ``None`` or a bool among them)."""
+    if isinstance(radii, (str, bytes)) or not isinstance(radii, Iterable):
+        raise ConfigError(f"radii must be a sequence of numbers, got {radii!r}")
+    out: list[float] = []
     for r in radii:
-        v = float(r) + 0.0  # -0.0 is radius 0 (one key for one computation)
+        if isinstance(r, bool) or not isinstance(r, numbers.Real):
+            raise ConfigError(f"radii must be numbers, got {r!r}")
+        try:
+            v = float(r) + 0.0  # -0.0 is radius 0 (one key for one computation)
+        except OverflowError:  # an integer such as 10**400
+            v = math.inf
         if not np.isfinite(v) or v < 0 or v > MAX_RADIUS:
             raise ConfigError(f"radii must be finite, non-negative and at most {MAX_RADIUS:g}, got {r!r}")
         out.append(v)
@@ -118,9 +128,27 @@ def attack_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
 
+#: The most test points ``--n-eval`` may ask for: the most a built-in task has (the bound of its
+#: ``n_test``, :data:`fabench.data.store.MAX_IMAGES`); the test set's own size bounds it further.
+MAX_N_EVAL = 100_000_000
+
+
+def check_n_eval(n_eval: object, *, n_test: int | None = None, what: str = "--n-eval") -> int:
+    """``n_eval`` if it is an integer from 0 (all test points) to :data:`MAX_N_EVAL` and, once the
+    test set's size ``n_test`` is known, at most that; else a ConfigError. More points than the test
+    set holds would attack all of them under another configuration key than 0."""
+    if isinstance(n_eval, bool) or not isinstance(n_eval, int) or not 0 <= n_eval <= MAX_N_EVAL:
+        raise ConfigError(f"{what} {n_eval!r}: expected an integer from 0 (all test points) to {MAX_N_EVAL:,}")
+    if n_test is not None and n_eval > n_test:
+        raise ConfigError(f"{what} {n_eval} but the test set holds {n_test} points (0 = all of them)")
+    return n_eval
+
+
 def select_points(n_test: int, n_eval: int, seed: int) -> torch.Tensor:
-    """The test points to attack: all of them, or a seeded random subset of ``n_eval``."""
-    if n_eval <= 0 or n_eval >= n_test:
+    """The test points to attack: all of them, or a seeded random subset of ``n_eval``
+    (:func:`check_n_eval`: more than ``n_test`` is a ConfigError)."""
+    check_n_eval(n_eval, n_test=n_test)
+    if n_eval == 0 or n_eval == n_test:
         return torch.arange(n_test)
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_test, generator=g)[:n_eval].sort().values

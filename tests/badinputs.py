@@ -141,6 +141,13 @@ def _cases() -> list[Case]:
     add("epsilons-0:1e-11:1e-12", tiny("--epsilons", "0:1e-11:1e-12"))
     for name in FZ_A_SWEEPS:
         add(f"sweep-{name}", ["sweep", f"@TMP/fz-a/sweeps/{name}.toml", "--dry-run"])
+    # fuzz round, findings 4, 11: --n-eval above the test set (or its bound), a bad --batch-size
+    # even where a finished record would be reused
+    for n in ["11", "1000", "99999999999999999999999"]:
+        add(f"n-eval-{n}", tiny("--n-eval", n))
+    add("audit-n-eval-above-test-set", ["audit", "@TMP/audit/good.json", "--n-eval", "11", "--strong", "fab", "-q"])
+    for b in ["-1", "99999999999999999999"]:
+        add(f"batch-size-{b}-reuse", tiny("--batch-size", b, "--out", "@TMP/good-run"))
     return c
 
 

@@ -239,6 +239,16 @@ def test_device_and_threads_are_checked_before_a_finished_record_is_reused(
     assert code == 2 and err.count("\n") == 1 and "FABENCH_DEVICE 'tpu'" in err and "--device" not in err
 
 
+def test_batch_size_is_checked_before_a_finished_record_is_reused(tmp_path: Path, capsys) -> None:
+    argv = FUZZ_TINY + ["--out", str(tmp_path)]
+    assert run(argv, capsys)[0] == 0
+    for bad in ["-1", "99999999999999999999"]:
+        code, _, err = run(argv + ["--batch-size", bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"--batch-size {bad}: expected an integer from 0" in err, err
+    assert run(argv + ["--batch-size", "7"], capsys)[0] == 0  # a good one reuses the record
+    assert len(list(tmp_path.rglob("*.json"))) == 1
+
+
 @pytest.mark.parametrize("where", ["afile", "/proc/x"])
 def test_a_bad_plot_dir_is_refused_before_any_record_is_written(where: str, tmp_path: Path, capsys) -> None:
     (tmp_path / "afile").write_text("x")

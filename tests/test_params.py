@@ -94,3 +94,17 @@ def test_huge_bias_fraction_is_refused_and_defaults_are_unchanged() -> None:
                               overrides=[("bias_fraction", "1e308")]))
     assert registry.recipes.get("binary").meta.params["lr"] == 0.001  # keys depend on the defaults
     assert registry.recipes.get("robust").meta.params["bias_fraction"] == 0.25
+
+
+@pytest.mark.parametrize("text", ["1,0", "0,1", " 1, 0"])
+def test_a_list_parameter_is_a_set_sorted_into_one_form(text: str) -> None:
+    assert parse_value(text, (0, 1), key="positive_classes") == (0, 1)
+    assert resolve({"positive_classes": ()}, {"positive_classes": [int(t) for t in text.split(",")]},
+                   owner="t") == {"positive_classes": (0, 1)}
+
+
+@pytest.mark.parametrize("items", [[1.0, 0], [True, 0], [0, [1]], ["x"]])
+def test_the_items_of_a_list_parameter_have_the_default_items_type(items: list) -> None:
+    with pytest.raises(ConfigError):  # 1.0 or true would be a second key for 1
+        resolve({"positive_classes": (0, 1)}, {"positive_classes": items}, owner="t")
+    assert resolve({"positive_classes": ()}, {"positive_classes": ["1", 0]}, owner="t") == {"positive_classes": (0, 1)}

@@ -10,7 +10,7 @@ import torch
 from fabench import registry
 from fabench.errors import ConfigError
 from fabench.models import Classifier, RobustHead
-from fabench.protocol import AttackSpec, check_radii, run_protocol, select_points
+from fabench.protocol import MAX_N_EVAL, AttackSpec, check_n_eval, check_radii, run_protocol, select_points
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,26 @@ def test_point_selection_is_seeded_subset() -> None:
     a, b, c = select_points(1000, 100, 5), select_points(1000, 100, 5), select_points(1000, 100, 6)
     assert torch.equal(a, b) and not torch.equal(a, c) and len(a) == 100 and len(set(a.tolist())) == 100
     assert torch.equal(select_points(50, 0, 1), torch.arange(50))
-    assert torch.equal(select_points(50, 80, 1), torch.arange(50))
+    assert torch.equal(select_points(50, 50, 1), torch.arange(50))
+    # more than the test set would be all of it under a second key (evaluate and audit both reach this)
+    with pytest.raises(ConfigError, match="--n-eval 80 but the test set holds 50 points"):
+        select_points(50, 80, 1)
+
+
+@pytest.mark.parametrize("bad", [-1, True, "3", 1.5, None, MAX_N_EVAL + 1, 10**23])
+def test_n_eval_is_an_integer_in_its_range(bad) -> None:
+    with pytest.raises(ConfigError, match="expected an integer from 0"):
+        check_n_eval(bad)
+    assert check_n_eval(0) == 0 and check_n_eval(MAX_N_EVAL) == MAX_N_EVAL and check_n_eval(7, n_test=7) == 7
+
+
+@pytest.mark.parametrize("bad,needle", [("0,1,2", "a sequence of numbers"), (5, "a sequence of numbers"),
+                                        (None, "a sequence of numbers"), ([None], "must be numbers"),
+                                        (["1"], "must be numbers"), ([True], "must be numbers"),
+                                        ([10**400], "at most 1e\\+09")])
+def test_radii_that_are_not_a_sequence_of_real_numbers_are_config_errors(bad, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        check_radii(bad)
 
 
 @pytest.mark.parametrize("bad", [[-1.0], [float("nan")], [float("inf")], []])

@@ -66,6 +66,14 @@ class SyntheticClusters:
         "sigma": (0.0, MAX_SIGMA), "positive_classes": (0, 99_999),
     }
 
+    @staticmethod
+    def canonical_params(params: Params) -> dict[str, Any]:
+        """``params`` in the one form their configuration key is taken of: ``positive_classes``
+        that name the default split, the first ``k/2`` clusters, are the default ``()`` (as the
+        published records have it), not a second key for the same data."""
+        pos, k = tuple(params["positive_classes"]), int(params["k"])
+        return {**params, "positive_classes": ()} if pos == tuple(range(k // 2)) else dict(params)
+
     def load(
         self, params: Params, *, seed: int, data_dir: str | None, progress: ProgressFn
     ) -> TaskData:
