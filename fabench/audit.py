@@ -63,7 +63,7 @@ from fabench.errors import ConfigError, UnknownNameError
 import torch
 
 from fabench.protocol import AttackSpec, attack_seed, run_protocol
-from fabench.records import Record, config_key, radius_key, write_atomic
+from fabench.records import Record, config_key, radius_key, read_record_text, write_atomic
 from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 from fabench.validation import check_outcome
 
@@ -240,8 +240,8 @@ def check_audit(record_path: Path, record: Record) -> tuple[dict[str, Any] | Non
     if not path.exists():
         return None, None
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        obj = json.loads(read_record_text(path))  # never a FIFO, a device or a huge file
+    except (ConfigError, json.JSONDecodeError, RecursionError):
         return None, "not a readable audit"
     if not isinstance(obj, dict):
         return None, "not a readable audit"

@@ -380,7 +380,12 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("--no-figures needs --out (figures are written only with --out)")
     results = _results_dir(args)
     if args.out:
-        _check_out_dir(Path(args.out).expanduser(), "--out")
+        target = Path(args.out).expanduser()
+        if "json" in formats and results.resolve() in (target.resolve(), *target.resolve().parents):
+            raise ConfigError(f"--out {str(target)!r} is inside --results {str(results)!r}: its "
+                              f"{leaderboard.TABLE_FILES['json']} would be read back as a record; write the "
+                              "leaderboard outside the results (as --results leaderboard/records --out leaderboard)")
+        _check_out_dir(target, "--out")
     board = leaderboard.load(results)
     if board.empty:
         raise ConfigError(f"no result records below {str(results)!r}")

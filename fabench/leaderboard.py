@@ -16,8 +16,9 @@ plus the number of seeds, the attacks the worst case covered, whether the data w
 
 Only records it can trust are shown (:func:`read_records`; each one left out with one warning
 line): a file that is not a readable record of this schema (:func:`load_record`: also duplicate
-JSON keys, numbers Python cannot read, missing fields), a record whose fields have the wrong types
-or shapes (:func:`shape_problem`), a record whose ``key`` is not the key of its configuration, whose file is not where
+JSON keys, numbers Python cannot read, missing fields; a FIFO, a device, a huge file), a record whose
+fields have the wrong types or shapes or whose configuration holds values evaluate never writes
+(:func:`shape_problem`, :func:`config_problem`), a record whose ``key`` is not the key of its configuration, whose file is not where
 :func:`fabench.records.record_path` puts it (task/recipe/seed/key), whose numbers are impossible
 (:func:`impossible_numbers`), or that conflicts with another copy of the same configuration and
 seed with other contents (both are left out: which is genuine cannot be told).
@@ -44,7 +45,7 @@ from tabulate import tabulate
 
 from fabench.errors import ConfigError
 from fabench.records import (
-    Record, RecordWarning, config_key, iter_record_paths, radius_key, record_path, write_atomic,
+    Record, RecordWarning, config_key, iter_record_paths, radius_key, read_record_text, record_path, write_atomic,
 )
 
 FORMATS = ("markdown", "csv", "json")
@@ -137,10 +138,21 @@ def _finite_list(v: Any) -> bool:
     return isinstance(v, list) and all(_value(x) is not None for x in v)
 
 
+def _seed_problem(seed: Any, *, what: str) -> str | None:
+    """Why ``seed`` is not one :func:`fabench.validation.check_seed` accepts, or ``None``."""
+    from fabench.validation import SEED_RANGE
+
+    lo, hi = SEED_RANGE
+    return None if _is_int(seed) and lo <= seed <= hi else f"{what} {seed!r} is not an integer in [{lo}, {hi}]"
+
+
 def config_problem(config: Any) -> str | None:
-    """Why a record's ``config`` is not a configuration :func:`fabench.evaluation.resolve` writes
-    (the types of its fields; their values are checked by resolving it, see :mod:`fabench.audit`), or ``None``."""
-    from fabench.protocol import PROTOCOL_MODES
+    """Why a record's ``config`` is not a configuration :func:`fabench.evaluation.resolve` writes,
+    or ``None``: the types of its fields, its seed (:func:`fabench.validation.check_seed`), radii
+    (:func:`fabench.protocol.check_radii`), protocol mode, ``sources`` (one per part, as evaluate
+    names them) and the values of its parameters (:func:`params_problem`). Whether evaluate would
+    give this very configuration back is asked by resolving it (:func:`fabench.audit.resolve_record`)."""
+    from fabench.protocol import PROTOCOL_MODES, check_radii
     from fabench.records import SCHEMA_VERSION
 
     if not isinstance(config, dict):
@@ -160,10 +172,59 @@ def config_problem(config: Any) -> str | None:
     n_eval = config.get("n_eval")
     if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 0:
         return f"its configuration's n_eval {n_eval!r} is not a non-negative integer"
-    if config.get("protocol") not in (*PROTOCOL_MODES, None):  # none: the full protocol, as before modes
+    if config.get("protocol") not in PROTOCOL_MODES:
         return f"its configuration's protocol {config.get('protocol')!r} is not one of {', '.join(PROTOCOL_MODES)}"
-    if not isinstance(config.get("sources", {}), dict):
-        return "its configuration's sources are not a JSON object"
+    problem = _seed_problem(config.get("seed"), what="its configuration's seed")
+    if problem:
+        return problem
+    try:
+        check_radii(config["radii"])
+    except ConfigError as exc:
+        return f"its configuration's {exc}"
+    sources = config.get("sources")
+    parts = ["task", "recipe", *(f"attack {a}" for a in config["attacks"])]
+    if (not isinstance(sources, dict) or sorted(sources) != sorted(parts)
+            or not all(isinstance(v, str) and v for v in sources.values())):
+        return f"its configuration's sources {sources!r} do not name the provider of each of its {', '.join(parts)}"
+    return params_problem(config)
+
+
+def params_problem(config: Mapping[str, Any]) -> str | None:
+    """Why the task, recipe or attack parameters of a configuration (its shape checked by
+    :func:`config_problem`) are not the values :func:`fabench.evaluation.resolve` writes, or ``None``:
+    each part's parameters resolved as evaluate resolves them (:func:`fabench.params.resolve` with
+    the owner's declared defaults, bounds and choices: an unknown name, a value of the wrong type
+    or out of range) must give them back, every one, with the same JSON value. A part whose provider
+    (``sources``) is not registered here (a plugin not installed, a task file given by path) is not
+    checked: its parameters are unknown."""
+    from fabench import params as P
+    from fabench import registry
+    from fabench.errors import FabenchError
+    from fabench.models.backbones import effective_params
+
+    sources = config["sources"]
+    parts = [("task", registry.tasks, config["task"], config["task_params"], sources["task"]),
+             ("recipe", registry.recipes, config["recipe"], config["recipe_params"], sources["recipe"])]
+    parts += [("attack", registry.attacks, name, params, sources[f"attack {name}"])
+              for name, params in config["attacks"].items()]
+    for kind, reg, name, params, source in parts:
+        try:
+            meta = reg.entry(f"{name}@{source}").meta
+        except FabenchError:
+            continue  # not registered here: its parameters cannot be judged
+        try:
+            resolved = P.resolve(meta.params, params, owner=f"{kind} {name}", bounds=meta.bounds,
+                                 choices=meta.choices)
+            if kind == "recipe":
+                resolved = effective_params(resolved)  # as evaluate: only the backbone's own backbone_* keys
+        except FabenchError as exc:
+            return f"its configuration's parameters: {exc}"
+        for key in sorted(set(resolved) | set(params)):
+            if key not in params:
+                return f"its configuration's {kind} {name} has no {key!r} (evaluate writes every parameter)"
+            if key not in resolved or config_key({key: resolved[key]}) != config_key({key: params[key]}):
+                return (f"its configuration's {kind} {name} has {key}={params[key]!r}, not a value evaluate writes"
+                        + (f" ({resolved[key]!r})" if key in resolved else ""))
     return None
 
 
@@ -175,7 +236,6 @@ def shape_problem(record: Record) -> str | None:
     of an attack it did not run or at a radius it does not have, fewer than one evaluated point, a
     feature-averaging score outside [0, 1]. The numbers themselves: :func:`impossible_numbers`."""
     from fabench.records import SCHEMA_VERSION
-    from fabench.validation import SEED_RANGE
 
     if record.schema != SCHEMA_VERSION:
         return f"a record of schema {record.schema!r}, this fabench reads schema {SCHEMA_VERSION}"
@@ -188,9 +248,9 @@ def shape_problem(record: Record) -> str | None:
     problem = config_problem(record.config)
     if problem:
         return problem
-    lo, hi = SEED_RANGE
-    if not _is_int(record.seed) or not lo <= record.seed <= hi:
-        return f"its seed {record.seed!r} is not an integer in [{lo}, {hi}]"
+    problem = _seed_problem(record.seed, what="its seed")
+    if problem:
+        return problem
     if not isinstance(record.created, str):
         return "its created timestamp is not text"
     if not isinstance(record.verified_attacks, list) or not all(isinstance(a, str) for a in record.verified_attacks):
@@ -348,22 +408,18 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def load_record(path: Path) -> Record:
-    """The record in ``path``, read strictly: anything :func:`fabench.records.read_record` refuses,
-    and also a key given twice in one JSON object, a number JSON cannot turn into a Python one (an
-    integer of thousands of digits), a record missing one of ``Record``'s required fields, or of
-    another schema. Every refusal is a one-line :class:`~fabench.errors.ConfigError` that starts
+    """The record in ``path``, read strictly: anything :func:`fabench.records.read_record` refuses
+    (also a FIFO, a device or a file above :data:`~fabench.records.MAX_RECORD_BYTES`, before it is
+    read: :func:`~fabench.records.read_record_text`), and also a key given twice in one JSON object,
+    a number JSON cannot turn into a Python one (an integer of thousands of digits), a record
+    missing one of ``Record``'s required fields, or of another schema. Every refusal is a one-line :class:`~fabench.errors.ConfigError` that starts
     with the quoted path. It does not judge the contents: see :func:`record_problem`."""
     import dataclasses
 
     from fabench.records import SCHEMA_VERSION
 
     where = repr(str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    text = read_record_text(path)
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from typing import Any, Mapping
 
 from fabench.errors import ConfigError, UnknownNameError
@@ -65,6 +66,8 @@ def coerce(value: Any, default: Any, *, key: str) -> Any:
     if isinstance(default, bool) and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > sys.float_info.max:  # float() would overflow
+            raise ConfigError(f"{key}: expected a finite number, got an integer too large for a float")
         return float(value)
     if isinstance(default, float) and isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: expected a finite number, got {value!r}")

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ records of the old code are no longer reused."""
 RESULTS_ENV = "FABENCH_RESULTS"
 PROBE_BYTES = 1 << 20
 """Bytes the writability probe writes and syncs (more than any record takes)."""
+MAX_RECORD_BYTES = 32 << 20
+"""The largest record (or ``.audit``) file fabench reads (:func:`read_record_text`): a record takes
+tens of kilobytes (its cosine matrix at most a few hundred), so anything larger is not one."""
 
 
 def default_results_dir() -> Path:
@@ -237,17 +241,44 @@ class RecordWarning(UserWarning):
     """A file below a results directory is not a readable record of this schema; it is skipped."""
 
 
-def read_record(path: Path) -> Record:
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_record_text(path: Path) -> str:
+    """The text of the record (or ``.audit``) file ``path``, or a one-line ConfigError that starts
+    with the quoted path: a file that cannot be read, is not UTF-8, is not a regular file (a FIFO
+    or a device would block or never end) or holds more than :data:`MAX_RECORD_BYTES`. The last
+    two are refused before anything is read, and never more than the limit is read."""
+    where = repr(str(path))
     try:
-        return Record.from_json(json.loads(path.read_text(encoding="utf-8")))
+        mode = os.stat(path).st_mode
+        kind = next((what for test, what in _FILE_KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a file")
+        if kind is not None:
+            raise ConfigError(f"{where} is {kind}, not a record file")
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:  # never blocks, even if swapped for a FIFO
+            size = os.fstat(fh.fileno()).st_size
+            blob = fh.read(MAX_RECORD_BYTES + 1) if size <= MAX_RECORD_BYTES else b""
+        if max(size, len(blob)) > MAX_RECORD_BYTES:
+            raise ConfigError(f"{where} is too large for a record file ({max(size, len(blob))} bytes; "
+                              f"at most {MAX_RECORD_BYTES})")
+        return blob.decode("utf-8")
+    except ConfigError:
+        raise
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(f"{where} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def read_record(path: Path) -> Record:
+    text = read_record_text(path)
+    try:
+        return Record.from_json(json.loads(text))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{str(path)!r} is not valid JSON: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{str(path)!r} is not a fabench record (nested too deeply)") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{str(path)!r} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{str(path)!r}: {exc}") from None
 

@@ -235,6 +235,27 @@ def _mutated_text(good: dict, change: "Callable[[dict], None]", *, seed: int | N
 
 CASES = _cases()
 
+# fuzz round, findings 2, 3, 12a: records whose configuration values evaluate never writes (key
+# recomputed) are left out by leaderboard and plot, refused by audit (before: shown, plotted; a
+# configuration without a seed was an internal KeyError in audit); leaderboard --out inside --results.
+_CONFIG_VALUES: dict[str, "Callable[[dict], None]"] = {
+    "config-seed-missing": _set("config.seed", KeyError), "protocol-missing": _set("config.protocol", KeyError),
+    "protocol-null": _set("config.protocol", None), "sources-missing": _set("config.sources", KeyError),
+    "sources-empty": _set("config.sources", {}), "task-d-text": _set("config.task_params.d", "x"),
+    "task-d-missing": _set("config.task_params.d", KeyError), "recipe-m-neg": _set("config.recipe_params.m", -1),
+    "recipe-lr-1e308": _set("config.recipe_params.lr", 1e308),
+    "analytic-scan-points-true": _set("config.attacks.analytic.scan_points", True),
+}
+MUTATIONS.update(_CONFIG_VALUES)
+AUDIT_MUTATIONS["config-seed-missing"] = _set("config.seed", KeyError)
+for _name in _CONFIG_VALUES:
+    CASES += [Case(f"leaderboard-record-{_name}", ["leaderboard", "--results", f"@TMP/mut-{_name}"], expect="warn"),
+              Case(f"plot-record-{_name}", ["plot", "--results", f"@TMP/mut-{_name}", "--out", f"@TMP/figs-{_name}"],
+                   expect="warn")]
+CASES += [Case("audit-record-config-seed-missing", ["audit", "@TMP/audit/config-seed-missing.json", "--strong", "fab", "-q"]),
+          Case("leaderboard-out-is-results", ["leaderboard", "--results", "@TMP/rec-good", "--out", "@TMP/rec-good"]),
+          Case("leaderboard-out-in-results", ["leaderboard", "--results", "@TMP/rec-good", "--out", "@TMP/rec-good/b"])]
+
 BAD_PLUGIN = '''
 from typing import ClassVar
 import torch

@@ -343,7 +343,7 @@ def test_audit_refuses_bad_options_before_any_work(tmp_path: Path, capsys, no_wo
 BAD_RECORDS = {
     "steps-huge": (lambda o: o["config"]["recipe_params"].__setitem__("steps", 10**12), "steps=1000000000000 is outside"),
     "d-negative": (lambda o: o["config"]["task_params"].__setitem__("d", -1), "d=-1 is outside its range"),
-    "unknown-parameter": (lambda o: o["config"]["recipe_params"].__setitem__("zzz", 1), "recipe has no parameter 'zzz'"),
+    "unknown-parameter": (lambda o: o["config"]["recipe_params"].__setitem__("zzz", 1), "has no parameter 'zzz'"),
     "attacks-list": (lambda o: o["config"].__setitem__("attacks", ["analytic", "pgd"]), "attacks is not a JSON object"),
     "schema-99": (lambda o: o.__setitem__("schema", 99), "a record of schema 99"),
     "key-int": (lambda o: None, "key is not the key of its configuration"),
@@ -351,6 +351,8 @@ BAD_RECORDS = {
     "worst-negative": (lambda o: o["robust_accuracy"]["worst"].__setitem__("8", -3), "at r=8 is -3"),
     "worst-rising": (lambda o: o["robust_accuracy"]["worst"].__setitem__("8", 1.0), "above the clean accuracy"),
     "sources-other": (lambda o: o["config"]["sources"].__setitem__("task", "elsewhere"), "sources differ"),
+    # before: an internal KeyError: 'seed' (exit 1)
+    "config-seed-missing": (lambda o: o["config"].pop("seed"), "configuration's seed None is not an integer in"),
 }
 
 

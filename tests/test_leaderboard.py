@@ -9,6 +9,7 @@ import math
 import random
 import shutil
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ def make_record(task: str = "synthetic", recipe: str = "binary", seed: int = 0, 
     robust = robust if robust is not None else {0.0: clean, 10.0: 0.9, 20.0: 0.1}
     radii = sorted(robust)
     config: dict[str, Any] = {
-        "schema": SCHEMA_VERSION, "task": task, "task_params": {"d": 64, "k": 10}, "recipe": recipe,
-        "recipe_params": {"lr": lr, "m": 5}, "attacks": {a: {} for a in attacks}, "radii": radii,
-        "n_eval": 0, "seed": seed, "sources": {"task": "fabench", "recipe": source},
+        "schema": SCHEMA_VERSION, "task": task, "task_params": full_params("tasks", task, {"d": 64, "k": 10}),
+        "recipe": recipe, "recipe_params": full_params("recipes", recipe, {"lr": lr, "m": 5}, source=source),
+        "attacks": {a: full_params("attacks", a, {}) for a in attacks}, "radii": radii,
+        "n_eval": 0, "protocol": "full", "seed": seed,
+        "sources": {"task": "fabench", "recipe": source, **{f"attack {a}": "fabench" for a in attacks}},
     }
     worst = {radius_key(r): v for r, v in robust.items()}
     return Record(
@@ -49,6 +52,22 @@ def make_record(task: str = "synthetic", recipe: str = "binary", seed: int = 0, 
         sources={"task": "fabench", "recipe": source}, created="2026-01-01T00:00:00+00:00",
         key=config_key(config),
     )
+
+
+def full_params(kind: str, name: str, given: dict[str, Any], *, source: str = "fabench") -> dict[str, Any]:
+    """A registered part's parameters as evaluate writes them (every one: ``given``, where the part
+    has it, else its default), or ``given`` as it is for a part not registered here (``mnist``, a plugin)."""
+    from fabench import params as P
+    from fabench import registry
+    from fabench.errors import UnknownNameError
+    from fabench.models.backbones import effective_params
+
+    try:
+        meta = registry.REGISTRIES[kind].entry(f"{name}@{source}").meta
+    except UnknownNameError:
+        return dict(given)
+    out = P.resolve(meta.params, {k: v for k, v in given.items() if k in meta.params}, owner=name)
+    return effective_params(out) if kind == "recipes" else out
 
 
 def three_seeds() -> list[Record]:
@@ -384,10 +403,12 @@ def test_a_relabelled_record_loses_its_audit(tmp_path: Path, relabel: str) -> No
     obj = rec.to_json()
     if relabel == "recipe":
         obj["recipe"] = obj["config"]["recipe"] = "fine"
+        obj["config"]["recipe_params"] = full_params("recipes", "fine", obj["config"]["recipe_params"])
     elif relabel == "task parameter":
         obj["config"]["task_params"]["d"] = 32
     else:
-        obj["config"]["attacks"]["fab"] = {}
+        obj["config"]["attacks"]["fab"] = full_params("attacks", "fab", {})
+        obj["config"]["sources"]["attack fab"] = "fabench"
         obj["attacks"].append("fab")
         obj["robust_accuracy"]["fab"] = dict(obj["robust_accuracy"]["worst"])
     obj["key"] = config_key(obj["config"])
@@ -548,6 +569,22 @@ MALFORMED = {
     "schema-in-config": (_set("config.schema", 99), "configuration is of schema 99"),
     "protocol-list": (_set("config.protocol", [1]), "protocol [1] is not one of"),
     "created-int": (_set("created", 5), "created timestamp is not text"),
+    # configuration values evaluate never writes (before: shown, plotted; the audit an internal KeyError)
+    "config-seed-missing": (_set("config.seed", KeyError), "configuration's seed None is not an integer in"),
+    "protocol-missing": (_set("config.protocol", KeyError), "protocol None is not one of"),
+    "sources-missing": (_set("config.sources", KeyError), "sources None do not name the provider"),
+    "sources-empty": (_set("config.sources", {}), "sources {} do not name the provider"),
+    "sources-no-attack": (_set("config.sources.attack pgd", KeyError), "do not name the provider of each"),
+    "radii-negative": (_set("config.radii", [-1.0, 0.0, 10.0, 20.0]), "radii must be finite, non-negative"),
+    "task-param-text": (_set("config.task_params.d", "x"), "cannot read task synthetic.d='x': expected int"),
+    "task-param-as-text": (_set("config.task_params.d", "64"), "has d='64', not a value evaluate writes (64)"),
+    "task-param-missing": (_set("config.task_params.sigma", KeyError), "task synthetic has no 'sigma'"),
+    "recipe-param-out-of-range": (_set("config.recipe_params.m", -1), "binary: m=-1 is outside its range"),
+    "recipe-param-null": (_set("config.recipe_params.lr", None), "binary.lr: expected float, got None"),
+    "recipe-param-unknown": (_set("config.recipe_params.zzz", 1), "binary has no parameter 'zzz'"),
+    "attack-param-bool": (_set("config.attacks.pgd.steps", True), "pgd.steps: expected int, got True"),
+    "attack-param-huge-int": (_set("config.attacks.analytic.max_radius", 10**400), "too large for a float"),
+    "attack-param-choice": (_set("config.attacks.pgd.search", "zzz"), "search"),
 }
 
 
@@ -583,6 +620,43 @@ def test_malformed_records_are_left_out_with_one_warning(tmp_path: Path, case: s
     assert main(["leaderboard", "--results", str(res), "--out", str(out)]) == 0
     assert len(capsys.readouterr().err.splitlines()) == 1
     assert (out / "README.md").is_file() and (out / "figures" / "robust_accuracy.svg").is_file()
+
+
+def test_a_part_not_registered_here_keeps_its_parameters_unjudged(tmp_path: Path) -> None:
+    """The parameters of a part whose provider is not registered here (a plugin not installed)
+    cannot be judged: the record is shown as before; the registered parts are still checked."""
+    res = tmp_path / "res"
+    rec = make_record(source="fabench-other-plugin")
+    rec.config["recipe_params"] = {"m": "x", "anything": [1, 2]}
+    rec.key = config_key(rec.config)
+    write_record(rec, res)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", leaderboard.RecordWarning)
+        board = leaderboard.load(res)
+    assert [g.recipe for g in board.groups] == ["binary"]
+    rec.config["task_params"]["d"] = "x"
+    rec.key = config_key(rec.config)
+    write_record(rec, res)
+    with pytest.warns(leaderboard.RecordWarning, match="cannot read task synthetic.d='x'"):
+        leaderboard.load(res)
+
+
+def test_leaderboard_refuses_an_out_inside_its_results(tmp_path: Path, capsys) -> None:
+    """``--out`` at or below ``--results`` would write leaderboard.json among the records, read back
+    as a broken record by every later run: one error line, nothing written (before: accepted). The
+    published layout (the records below --out) and a page without JSON there stay allowed."""
+    res = tmp_path / "res"
+    write_record(make_record(), res)
+    for out in (res, res / "board"):
+        assert main(["leaderboard", "--results", str(res), "--out", str(out), "--no-figures"]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"fabench: error: --out {str(out)!r} is inside --results") and "leaderboard.json" in line
+    assert not (res / "board").exists() and not (res / "README.md").exists()
+    assert main(["leaderboard", "--results", str(res), "--out", str(res), "--no-figures", "--format", "markdown"]) == 0
+    assert main(["leaderboard", "--results", str(res), "--out", str(tmp_path), "--no-figures"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(res)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_load_record_refuses_what_json_and_record_cannot_say(tmp_path: Path) -> None:

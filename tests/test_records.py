@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -72,3 +75,60 @@ def test_record_paths_are_the_visible_json_files_sorted(tmp_path: Path) -> None:
 
 def test_radius_keys() -> None:
     assert [records.radius_key(r) for r in (0.0, 10.0, 0.4, 0.08, 1.2)] == ["0", "10", "0.4", "0.08", "1.2"]
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """A blocking call (an ``open`` of a FIFO without a writer) raises TimeoutError after ``seconds``."""
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_a_device_or_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A FIFO (before: ``fabench audit`` blocked forever), a device (``/dev/zero`` took all memory)
+    or a file above MAX_RECORD_BYTES (a sparse one here: nothing on disk) is one ConfigError naming
+    it, before anything is read; every reader of a record file shares the check."""
+    from fabench import leaderboard
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:
+        fh.truncate(records.MAX_RECORD_BYTES + 1)
+    cases = {fifo: "is a FIFO, not a record file", Path("/dev/null"): "is a character device",
+             tmp_path: "is a directory", big: f"too large for a record file ({records.MAX_RECORD_BYTES + 1} bytes"}
+    for path, words in cases.items():
+        for read in (records.read_record_text, records.read_record, leaderboard.load_record):
+            with deadline(10), pytest.raises(ConfigError) as err:
+                read(path)
+            assert str(err.value).startswith(repr(str(path))) and words in str(err.value), str(err.value)
+
+
+def test_audit_of_a_fifo_and_a_fifo_audit_beside_a_record_do_not_block(tmp_path: Path, capsys) -> None:
+    """``fabench audit FIFO`` is one error line (before: it hung); an ``.audit`` beside a record that
+    is a FIFO is one warning of the leaderboard, which shows the record unaudited."""
+    from fabench.cli import main
+    from test_leaderboard import make_record
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with deadline(30):
+        assert main(["audit", str(fifo), "--strong", "fab", "-q"]) == 2
+    assert capsys.readouterr().err == f"fabench: error: {str(fifo)!r} is a FIFO, not a record file\n"
+    res = tmp_path / "res"
+    path = records.write_record(make_record(), res)
+    os.mkfifo(path.with_suffix(".audit"))
+    with deadline(30):
+        assert main(["leaderboard", "--results", str(res)]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("fabench: warning: ") and "seed0-" in line and "not a readable audit" in line, line
+    assert "| binary   | 1 (0)   |" in captured.out
