@@ -62,7 +62,7 @@ from fabench.certify import certified_robust
 from fabench.errors import ConfigError, UnknownNameError
 import torch
 
-from fabench.protocol import AttackSpec, attack_seed, run_protocol
+from fabench.protocol import AttackSpec, attack_seed, check_n_eval, run_protocol
 from fabench.records import Record, config_key, radius_key, read_record_text, write_atomic
 from fabench.types import FitContext, ProgressFn, TaskData, no_progress
 from fabench.validation import check_outcome
@@ -386,6 +386,7 @@ def audit(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = task.load(dict(resolved.task_params), seed=seed, data_dir=data_dir, progress=progress)
+    check_n_eval(n_eval, n_test=len(data.x_test))  # before any training
     model = recipe.fit(data, dict(resolved.recipe_params),
                        context=FitContext(seed=seed, progress=progress, cache_dir=cache_dir, data_dir=data_dir))
     model.eval()

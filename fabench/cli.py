@@ -182,7 +182,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     radii = parse_radii(args.epsilons) if args.epsilons is not None else None
     overrides = parse_assignments(args.set or [])
     check_runtime_options(args)
-    out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+    out_dir = user_path(args.out, "--out") if args.out else default_results_dir()
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     cfg = RunConfig(task=args.task, recipe=args.recipe, seed=args.seed, attacks=attacks, radii=radii,
                     n_eval=args.n_eval, overrides=overrides, data_dir=args.data_dir, cache_dir=args.cache_dir,
@@ -201,6 +201,14 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def user_path(text: str, option: str) -> Path:
+    """The path an option names, ``~`` expanded; an unknown ``~user`` is one ConfigError line."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as exc:  # "Could not determine home directory"
+        raise ConfigError(f"{option} {text!r}: {exc}") from None
+
+
 def check_runtime_options(args: argparse.Namespace) -> None:
     """``--device`` (or ``$FABENCH_DEVICE``), ``--threads``, ``--batch-size`` and ``--cache-dir``,
     checked before a finished record is looked up: a bad value is an error even where nothing is computed."""
@@ -210,7 +218,7 @@ def check_runtime_options(args: argparse.Namespace) -> None:
     check_threads(args.threads)
     check_batch_size(args.batch_size)
     if args.cache_dir:
-        _check_cache_dir(Path(args.cache_dir).expanduser())
+        _check_cache_dir(user_path(args.cache_dir, "--cache-dir"))
 
 
 def _check_cache_dir(path: Path) -> None:
@@ -291,11 +299,11 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
     if args.seeds is not None and args.seed is not None:  # an explicit --seed 0 too
         raise ConfigError("give either --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
-    out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+    out_dir = user_path(args.out, "--out") if args.out else default_results_dir()
     if args.plot_dir and not args.plot:
         raise ConfigError("--plot-dir needs --plot")
     if args.plot and args.plot_dir:  # before any work: a record written, then no figures, is a surprise
-        _check_out_dir(Path(args.plot_dir).expanduser(), "--plot-dir")
+        _check_out_dir(user_path(args.plot_dir, "--plot-dir"), "--plot-dir")
     for seed in seeds:
         if len(seeds) > 1 and not args.json:
             out.write(f"== seed {seed} ==\n")
@@ -317,7 +325,7 @@ def cmd_evaluate_sweep(args: argparse.Namespace, out: TextIO) -> int:
             rec = find_record(out_dir, res.task_name, res.recipe_name, seed, res.key)
             if rec is not None:
                 records.append(rec)
-        plot_dir = Path(args.plot_dir).expanduser() if args.plot_dir else out_dir / "figures"
+        plot_dir = user_path(args.plot_dir, "--plot-dir") if args.plot_dir else out_dir / "figures"
         _check_out_dir(plot_dir, "--plot-dir" if args.plot_dir else "figures directory")
         paths = plots.plot_evaluation(records, out_dir=plot_dir)
         human = sys.stderr if args.json else out
@@ -354,7 +362,7 @@ def add_publish_commands(sub: Any) -> None:
 
 
 def _results_dir(args: argparse.Namespace) -> Path:
-    results = Path(args.results).expanduser() if args.results else default_results_dir()
+    results = user_path(args.results, "--results") if args.results else default_results_dir()
     if not results.is_dir():
         raise ConfigError(f"no results directory {str(results)!r} (run `fabench evaluate` first, or give --results)")
     return results
@@ -380,7 +388,7 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("--no-figures needs --out (figures are written only with --out)")
     results = _results_dir(args)
     if args.out:
-        target = Path(args.out).expanduser()
+        target = user_path(args.out, "--out")
         if "json" in formats and results.resolve() in (target.resolve(), *target.resolve().parents):
             raise ConfigError(f"--out {str(target)!r} is inside --results {str(results)!r}: its "
                               f"{leaderboard.TABLE_FILES['json']} would be read back as a record; write the "
@@ -392,7 +400,7 @@ def cmd_leaderboard(args: argparse.Namespace, out: TextIO) -> int:
     if args.out:
         from fabench.sweep import sweep_producing
 
-        target = Path(args.out).expanduser()
+        target = user_path(args.out, "--out")
         written = leaderboard.publish(board, target, formats=formats,
                                       figures=not args.no_figures, sweep_file=sweep_producing(results, target),
                                       records_dir=results)
@@ -411,7 +419,7 @@ def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
     records = [rec for _, rec in leaderboard.iter_trusted(results)]
     if not records:
         raise ConfigError(f"no result records below {str(results)!r}")
-    target = Path(args.out).expanduser() if args.out else results / "figures"
+    target = user_path(args.out, "--out") if args.out else results / "figures"
     _check_out_dir(target, "--out" if args.out else "figures directory")
     for path in plots.plot_all(records, out_dir=target):
         out.write(f"wrote {path}\n")
@@ -581,7 +589,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
     from fabench.records import find_record, record_path
 
     if args.record:
-        path = Path(args.record).expanduser()
+        path = user_path(args.record, "record")
         rec = leaderboard.load_record(path)
         audit.refuse_record_options(vars(args))
     else:
@@ -596,7 +604,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
                         n_eval=args.record_n_eval,
                         overrides=parse_assignments(args.set or []))
         res = resolve(cfg)
-        out_dir = Path(args.out).expanduser() if args.out else default_results_dir()
+        out_dir = user_path(args.out, "--out") if args.out else default_results_dir()
         found = find_record(out_dir, res.task_name, res.recipe_name, args.seed, res.key)
         if found is None:
             raise ConfigError(f"audit: no finished record of this configuration below {str(out_dir)!r}; "

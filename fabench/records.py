@@ -174,9 +174,9 @@ def record_path(out_dir: Path, task: str, recipe: str, seed: int, key: str) -> P
 
 def check_writable(out_dir: Path) -> None:
     """Create ``out_dir`` and prove it is writable, before any work is done."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"cannot write results to {str(out_dir)!r}: it is a file, not a directory")
     try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"cannot write results to {str(out_dir)!r}: it is a file, not a directory")
         out_dir.mkdir(parents=True, exist_ok=True)
         # A real probe: write (and sync) as much as a large record takes, so a full disk is found now.
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-", delete=True) as fh:
@@ -286,7 +286,10 @@ def read_record(path: Path) -> Record:
 def find_record(out_dir: Path, task: str, recipe: str, seed: int, key: str) -> Record | None:
     """The finished record of this configuration, if one was written."""
     path = record_path(out_dir, task, recipe, seed, key)
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            return None
+    except OSError:  # a path the system refuses (a name too long): nothing finished there; writing says why
         return None
     try:
         rec = read_record(path)

@@ -415,3 +415,19 @@ def test_record_options_are_refused_with_a_record_file() -> None:
         audit.refuse_record_options({"seed": 9, "epsilons": "0,1", "set": ["d=3"]})
     with pytest.raises(ConfigError, match=r"^audit: --seed, --record-n-eval describe a record"):  # given, if default
         audit.refuse_record_options({"seed": 0, "record_n_eval": 0, "epsilons": None})
+
+
+def test_an_audit_of_more_points_than_the_test_set_is_refused_before_training(tmp_path: Path, monkeypatch) -> None:
+    """``--n-eval`` above the test set is refused as soon as the data is loaded, before the model is trained."""
+    from fabench import audit
+    from fabench.errors import ConfigError
+    from fabench.recipes.binary import BinaryRecipe
+
+    record = small_record(tmp_path / "results")
+    rec = read_record(record)
+    fits: list[int] = []
+    monkeypatch.setattr(BinaryRecipe, "fit", lambda *a, **k: fits.append(1))
+    n_test = int(rec.config["task_params"]["n_test"])
+    with pytest.raises(ConfigError, match=rf"--n-eval {n_test + 1} but the test set holds {n_test} points"):
+        audit.audit(rec, n_eval=n_test + 1, attacks=("exact",))
+    assert fits == []

@@ -364,3 +364,17 @@ def test_an_error_line_escapes_control_characters_and_stays_one_line() -> None:
     assert line == "fabench: error: name 'a\\x00b\\x1b[2J' and more"
     assert one_line(ConfigError("naïve ünïcode")) == "fabench: error: naïve ünïcode"  # printable: kept
     assert "\\x00" in one_line(ValueError("embedded \0 here"))
+
+
+@pytest.mark.parametrize("out, needle", [
+    ("~no-such-user-fabench/res", "--out '~no-such-user-fabench/res': Could not determine home directory"),
+    ("x" * 5000, "cannot write results to"),
+])
+def test_an_out_the_system_refuses_is_one_error_line(out: str, tmp_path: Path, capsys, monkeypatch,
+                                                       needle: str) -> None:
+    """An unknown ``~user`` (was: internal RuntimeError) or a name too long for the file system (was:
+    internal OSError from the reuse look-up) is one error line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["evaluate"] + SMALL + ["--recipe", "fine", "--out", out, "-q"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("fabench: error:") and needle in lines[0], err
