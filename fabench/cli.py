@@ -19,7 +19,7 @@ try:  # Ctrl-C while the command line is still being imported: one line and 130,
 
     from tabulate import tabulate
 
-    from fabench.errors import ConfigError, FabenchError, RecordWriteError
+    from fabench.errors import ConfigError, FabenchError, RecordWriteError, user_path
     from fabench.params import parse_assignments, parse_value
     from fabench.records import Record, default_results_dir, radius_key
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent
@@ -31,6 +31,9 @@ REGISTRY_KINDS = ("tasks", "recipes", "attacks")
 """The registries ``fabench list`` shows (:data:`fabench.registry.REGISTRIES`; torch is not imported to
 parse a command line)."""
 EXIT_INTERNAL = 1
+EXIT_CLOSED_PIPE = 141
+"""A reader closed standard output (``fabench ... | head -1``): stop quietly with the shell's status for
+SIGPIPE (128 + 13), as Unix tools do."""
 DEBUG_ENV = "FABENCH_DEBUG"
 
 
@@ -199,14 +202,6 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(rec.to_json()) + "\n")
     return 0
-
-
-def user_path(text: str, option: str) -> Path:
-    """The path an option names, ``~`` expanded; an unknown ``~user`` is one ConfigError line."""
-    try:
-        return Path(text).expanduser()
-    except RuntimeError as exc:  # "Could not determine home directory"
-        raise ConfigError(f"{option} {text!r}: {exc}") from None
 
 
 def check_runtime_options(args: argparse.Namespace) -> None:
@@ -658,18 +653,52 @@ def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace, TextIO], int] = args.func
-        return func(args, stream)
+        code = func(args, stream)
+        stream.flush()  # here, not at interpreter exit, where a closed pipe would print a warning
+        return code
     except SystemExit as exc:  # argparse's own usage errors and --help
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
         return code
     except KeyboardInterrupt:
         sys.stderr.write("fabench: interrupted; finished records are kept, nothing partial was written\n")
         return 130
+    except BrokenPipeError as exc:
+        if stream is sys.stdout and _reader_gone(stream):
+            _discard_output(stream)
+            return EXIT_CLOSED_PIPE
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(one_line(exc) + "\n")  # another pipe (not the reader of stdout) broke: a real error
+        return EXIT_INTERNAL
     except BaseException as exc:  # every error is one line; --traceback / FABENCH_DEBUG=1 show the trace
         if debug:
             traceback.print_exc()
         sys.stderr.write(one_line(exc) + "\n")
         return EXIT_USAGE if isinstance(exc, FabenchError) else EXIT_INTERNAL
+
+
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether ``stream`` is a pipe (or socket) whose reading end is closed (``poll`` reports an error
+    on its writing end): only then is a BrokenPipeError the reader's doing, not fabench's."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file descriptor
+        return False
+
+
+def _discard_output(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at the null device, so that the interpreter's final flush of
+    what is still buffered does not fail again (and print "Exception ignored ...")."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - nothing left to protect
+        pass
 
 
 def printable(text: str) -> str:

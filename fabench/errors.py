@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class FabenchError(Exception):
     """Base class of every error fabench raises for bad input or missing data."""
@@ -42,3 +44,19 @@ class RecordWriteError(FabenchError):
         super().__init__(message)
         self.record = record
         self.fallback = fallback
+
+
+def user_path(text: str, what: str, *, base: Path | None = None) -> Path:
+    """The path that an option or a file names, ``~`` expanded (and, given ``base``, taken relative to
+    it and made absolute), or one :class:`ConfigError` line when the system cannot use it as a path: a
+    NUL character, an unknown ``~user``, a name too long. Checked here, not later mid-run. ``what``
+    names the option (``--out``) or the entry (``sweep.toml: out``)."""
+    try:
+        path = Path(text).expanduser()
+        if base is not None:
+            path = (base / path).resolve()
+        path.exists()  # raises for a name the system refuses (too long); a missing one is fine
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: "Could not determine home directory"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{what} {text!r} is not a usable path: {reason}") from None
+    return path

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from fabench.errors import ConfigError, FabenchError, UnknownNameError
+from fabench.errors import ConfigError, FabenchError, UnknownNameError, user_path
 
 GRID_KEYS = ("tasks", "recipes", "seeds", "attacks", "epsilons", "n_eval", "protocol", "set", "variants", "device",
              "cpus")
@@ -274,18 +274,6 @@ def _variants(value: Any, where: str) -> list[list[tuple[str, str]]]:
     return [_assignments(v, f"{where}: variants[{i}]") for i, v in enumerate(value)]
 
 
-def _path(base: Path, text: str, what: str) -> Path:
-    """``text`` (relative to ``base``, ``~`` expanded) made absolute, or one ConfigError line when the
-    system cannot use it as a path (a NUL character, a name too long, an unknown ``~user``)."""
-    try:
-        path = (base / Path(text).expanduser()).resolve()
-        path.exists()  # raises for a path the system refuses (too long), and not later, mid-sweep
-    except (OSError, ValueError, RuntimeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"{what} {text!r} is not a usable path: {reason}") from None
-    return path
-
-
 def read_sweep_file(path: Path) -> dict[str, Any]:
     """The TOML table of a sweep file; every reading problem is one :class:`ConfigError` line."""
     try:
@@ -326,7 +314,7 @@ def load_sweep(
     out = doc.get("out", DEFAULT_OUT)
     if not isinstance(out, str) or not out.strip():
         raise ConfigError(f"{name}: out must be a directory path, got {out!r}")
-    out_dir = _path(base, out, f"{name}: out")
+    out_dir = user_path(out, f"{name}: out", base=base)
     if device is not None:
         device = _device(device, "--device")
 
@@ -361,7 +349,7 @@ def load_sweep(
         overrides[scope] = tables
 
     def task_ref(t: str) -> str:  # a task file is relative to the sweep file
-        return str(_path(base, t, f"{name}: task file")) if t.endswith(".toml") else t
+        return str(user_path(t, f"{name}: task file", base=base)) if t.endswith(".toml") else t
 
     count_jobs(grids, overrides)
     jobs: list[Job] = []

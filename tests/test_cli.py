@@ -367,8 +367,8 @@ def test_an_error_line_escapes_control_characters_and_stays_one_line() -> None:
 
 
 @pytest.mark.parametrize("out, needle", [
-    ("~no-such-user-fabench/res", "--out '~no-such-user-fabench/res': Could not determine home directory"),
-    ("x" * 5000, "cannot write results to"),
+    ("~no-such-user-fabench/res", "--out '~no-such-user-fabench/res' is not a usable path: Could not determine home"),
+    ("x" * 5000, "is not a usable path: File name too long"),
 ])
 def test_an_out_the_system_refuses_is_one_error_line(out: str, tmp_path: Path, capsys, monkeypatch,
                                                        needle: str) -> None:
@@ -378,3 +378,29 @@ def test_an_out_the_system_refuses_is_one_error_line(out: str, tmp_path: Path, c
     code, _, err = run(["evaluate"] + SMALL + ["--recipe", "fine", "--out", out, "-q"], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("fabench: error:") and needle in lines[0], err
+
+
+@pytest.mark.parametrize("argv", [["list"], ["sweep", "leaderboard/sweep.toml", "--dry-run"]])
+def test_a_reader_that_closes_stdout_stops_the_command_quietly(argv: list[str]) -> None:
+    """``fabench ... | head -1``: when the reader has gone, the command stops with the shell's SIGPIPE
+    status and prints nothing (was: "internal error: BrokenPipeError", exit 1)."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "fabench", *argv], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_a_broken_pipe_that_is_not_stdouts_reader_is_still_reported(monkeypatch, capsys) -> None:
+    """Only a closed stdout is quiet: a BrokenPipeError from anything else (a worker's socket) is an
+    internal error line, never swallowed."""
+    import fabench.cli as cli
+
+    def broken(args, stream):  # type: ignore[no-untyped-def]
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_list", broken)
+    code, _, err = run(["list"], capsys)
+    assert code == 1 and "internal error: BrokenPipeError" in err
