@@ -662,15 +662,10 @@ def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("fabench: interrupted; finished records are kept, nothing partial was written\n")
         return 130
-    except BrokenPipeError as exc:
-        if stream is sys.stdout and _reader_gone(stream):
-            _discard_output(stream)
-            return EXIT_CLOSED_PIPE
-        if debug:
-            traceback.print_exc()
-        sys.stderr.write(one_line(exc) + "\n")  # another pipe (not the reader of stdout) broke: a real error
-        return EXIT_INTERNAL
     except BaseException as exc:  # every error is one line; --traceback / FABENCH_DEBUG=1 show the trace
+        if isinstance(exc, BrokenPipeError) and stream is sys.stdout and _reader_gone(stream):
+            _discard_output(stream)  # the reader of stdout is gone; any other broken pipe is an error
+            return EXIT_CLOSED_PIPE
         if debug:
             traceback.print_exc()
         sys.stderr.write(one_line(exc) + "\n")
