@@ -12,7 +12,8 @@ over the seeds:
 * the feature-averaging score (:mod:`fabench.metrics`);
 
 plus the number of seeds, the attacks the worst case covered, whether the data was a subset
-(``record.data_info["data_subset"]``) and what ``fabench audit`` found (:func:`audit_label`).
+(``record.data_info["data_subset"]``) and what ``fabench audit`` found (:func:`audit_label`; seed by
+seed, with points and radius, in the page's last table, :func:`audit_table`).
 
 Only records it can trust are shown (:func:`read_records`; each one left out with one warning
 line): a file that is not a readable record of this schema (:func:`load_record`: also duplicate
@@ -51,6 +52,8 @@ from fabench.records import (
 FORMATS = ("markdown", "csv", "json")
 TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
 FIGURES_DIR = "figures"
+AUDIT_SECTION = "Audit gaps per seed"
+"""The heading of the leaderboard page's per-seed audit table (with spaces: no task name collides)."""
 DIGITS = 6
 """Numbers in CSV and JSON are rounded to this many decimals (so they do not show float noise)."""
 
@@ -507,6 +510,7 @@ def read_records(results: Path) -> list[Record]:
         else:
             suite = found.get("suite")
             rec.flags = {**rec.flags, "audit": {"max_gap": found.get("max_gap"), "n_eval": found.get("n_eval"),
+                                                "at": largest_gap_radius(found.get("gaps")),
                                                 "reproduced": found.get("reproduced") is True,
                                                 "full": is_full_suite(suite if isinstance(suite, dict) else {})}}
         out.append(rec)
@@ -524,6 +528,56 @@ def _converged_label(g: Group) -> str:
              if not r.config.get("recipe_params", {}).get("stop_tol")}
     fixed = f"; fixed T={steps.pop()}" if len(steps) == 1 and None not in steps else ""
     return f"**no** ({len(bad)}/{len(g.records)} seeds{fixed})"
+
+
+def largest_gap_radius(gaps: Any) -> float | None:
+    """The smallest radius at which an audit's per-radius ``gaps`` (``{radius key: gap}``) reach
+    their largest positive value; ``None`` without one (no gap, or not a mapping of numbers)."""
+    if not isinstance(gaps, dict):
+        return None
+    best: tuple[float, float] | None = None  # (gap, -radius): the largest gap, then the smallest radius
+    for key, gap in gaps.items():
+        try:
+            radius = float(key)
+        except (TypeError, ValueError):
+            continue
+        value = _num(gap)
+        if math.isfinite(radius) and math.isfinite(value) and value > 0 and (best is None or (value, -radius) > best):
+            best = (value, -radius)
+    return None if best is None else -best[1]
+
+
+def audit_seed_cell(record: Record) -> str:
+    """One record's cell of the per-seed audit table: ``-`` without an audit that applies;
+    ``**not reproduced**`` when the audit's re-run did not give the record back (its gap vouches
+    for nothing); else the largest gap, with how many of the audited points it is and the smallest
+    radius where it occurs (``0.020 (3 of 150 at ε=1.3)``), ``(partial)`` for an audit that ran
+    only part of the strong suite."""
+    audit = record.flags.get("audit")
+    if not isinstance(audit, dict):
+        return "-"
+    if not audit.get("reproduced"):
+        return "**not reproduced**"
+    gap, n = _num(audit.get("max_gap")), audit.get("n_eval")
+    text = "n/a" if math.isnan(gap) else ("0" if gap == 0 else f"{gap:.3f}")
+    at = audit.get("at")
+    if gap > 0 and isinstance(at, float):
+        points = f"{round(gap * n)} of {n} " if isinstance(n, int) and not isinstance(n, bool) and n > 0 else ""
+        text += f" ({points}at ε={radius_key(at)})"
+    return text if audit.get("full") else f"{text} (partial)"
+
+
+def audit_table(board: Leaderboard) -> str:
+    """The markdown table of every row's audits, seed by seed (:func:`audit_seed_cell`), in
+    leaderboard order; ``""`` when no record has an audit that applies."""
+    if not any("audit" in r.flags for g in board.groups for r in g.records):
+        return ""
+    rows = [[f"`{g.task}`", _recipe_label(g), f"`{g.config_id}`", ", ".join(map(str, g.seeds)),
+             " / ".join(audit_seed_cell(r) for r in sorted(g.records, key=lambda r: r.seed))]
+            for g in board.groups]
+    headers = ["task", "recipe", "config", "seeds", "largest gap per seed (points, smallest radius)"]
+    out: str = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return out
 
 
 def audit_label(g: Group) -> str:
@@ -743,6 +797,14 @@ def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[
         lines.append("")
         links = [f"![{alt}]({path})" for alt, path in figs.get(table.task, ())]
         lines += links + ([""] if links else [])
+    audits = audit_table(board)
+    if audits:
+        lines += [f"## {AUDIT_SECTION}", "",
+                  "What `fabench audit` found on each record (its re-run and the whole strong suite on the record's own "
+                  "test points): the largest amount by which the record's worst-case robust accuracy was too high, as a "
+                  "fraction and in points, and the smallest radius where it was; `-`: no audit that applies to the "
+                  "record; *partial*: only part of the strong suite ran; **not reproduced**: the re-run did not give "
+                  "the record's numbers back, so the audit vouches for nothing.", "", audits, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -767,8 +829,18 @@ def rows(board: Leaderboard) -> list[dict[str, Any]]:
             row["n_train"] = g.records[0].data_info.get("n_train")
             row["n_test"] = g.records[0].data_info.get("n_test")
             row["n_eval"] = g.records[0].n_eval
+            row["audit_max_gap"] = [_audit_gap(r) for r in sorted(g.records, key=lambda r: r.seed)]
             out.append(row)
     return out
+
+
+def _audit_gap(record: Record) -> float | None:
+    """The largest gap of the record's full, reproduced audit (rounded), else ``None``."""
+    audit = record.flags.get("audit")
+    if not isinstance(audit, dict) or not audit.get("reproduced") or not audit.get("full"):
+        return None
+    gap = _num(audit.get("max_gap"))
+    return None if math.isnan(gap) else _round(gap)
 
 
 def render_json(board: Leaderboard) -> str:
@@ -784,6 +856,7 @@ def render_csv(board: Leaderboard) -> str:
     all_rows = rows(board)
     for r in all_rows:
         r["seeds"] = ";".join(map(str, r["seeds"]))
+        r["audit_max_gap"] = ";".join("" if v is None else repr(v) for v in r["audit_max_gap"])
         r["attacks"] = ";".join(r["attacks"])
     columns: list[str] = []
     for r in all_rows:

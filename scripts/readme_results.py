@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Copy the published leaderboard's per-task tables into README.md's Results section.
+"""Copy the published leaderboard's tables into README.md (its per-task tables and its audit table).
 
 Each table in README.md sits between ``<!-- results:TASK -->`` and ``<!-- /results:TASK -->``; this
 script replaces what is between the markers with the table under ``## TASK`` in
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"(<!-- results:(?P<task>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=task) -->)", re.S)
+MARKER = re.compile(r"(<!-- results:(?P<task>[^>\n]+?) -->\n)(?P<body>.*?)(<!-- /results:(?P=task) -->)", re.S)
+"""A table's markers name its section of the leaderboard page: a task, or ``Audit gaps per seed``."""
 
 
 def leaderboard_tables(text: str) -> dict[str, str]:

@@ -244,8 +244,8 @@ def test_readme_results_tables_are_the_published_ones() -> None:
     mod = load_script("readme_results")
     readme = (root / "README.md").read_text()
     tables = mod.leaderboard_tables((PUBLISHED / "README.md").read_text())
-    assert {"synthetic", "mnist5v5", "cifar5v5"} <= set(tables)
-    assert readme.count("<!-- results:") >= 3
+    assert {"synthetic", "mnist5v5", "cifar5v5", leaderboard.AUDIT_SECTION} <= set(tables)
+    assert readme.count("<!-- results:") >= 4 and f"<!-- results:{leaderboard.AUDIT_SECTION} -->" in readme
     _, changed = mod.sync(readme, tables)
     assert not changed, f"README tables differ from leaderboard/README.md for {changed}: python scripts/readme_results.py"
 
@@ -451,6 +451,41 @@ def test_partial_and_unreproduced_audits_are_shown_as_such(tmp_path: Path) -> No
                   {"ran": list(audit.STRONG_ATTACKS), "skipped": {}, "modified": ["cw"]},
                   {"ran": list(audit.STRONG_ATTACKS)}, {}):
         assert not audit.is_full_suite(suite)
+
+
+def test_the_audit_table_shows_every_seed_with_its_points_and_radius(tmp_path: Path) -> None:
+    """The page's last table gives each record's audit, seed by seed in seed order: the largest gap
+    with its points and smallest radius, `-` without an audit, *partial* and **not reproduced**
+    marked; JSON and CSV carry the full audits' gaps per seed (None / empty otherwise). Without any
+    audit the page has no such table."""
+    res = tmp_path / "res"
+    recs = [make_record(seed=s, attacks=("analytic", "pgd", "exact")) for s in range(4)]
+    paths = [write_record(rec, res) for rec in reversed(recs)][::-1]  # written out of seed order
+    md = leaderboard.render(leaderboard.load(res))
+    assert leaderboard.AUDIT_SECTION not in md and "audit_max_gap" in leaderboard.render(leaderboard.load(res), fmt="csv")
+    write_audit_json(recs[0], paths[0], gap=0.02)
+    obj = write_audit_json(recs[2], paths[2], gap=0.05, ran=("pairwise",))
+    write_audit_json(recs[3], paths[3], reproduced=False)
+    obj["gaps"] = {"0": 0.0, "10": 0.05, "20": 0.05}  # the largest gap first reached at 10
+    paths[2].with_name(paths[2].stem + ".audit").write_text(json.dumps(obj))
+    board = leaderboard.load(res)
+    md = leaderboard.render(board)
+    section = md[md.index(f"## {leaderboard.AUDIT_SECTION}"):]
+    (row,) = [ln for ln in section.splitlines() if ln.startswith("| `synthetic`")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["binary", f"`{board.groups[0].config_id}`", "0, 1, 2, 3"]
+    assert cells[4] == "0.020 (2 of 100 at ε=0) / - / 0.050 (5 of 100 at ε=10) (partial) / **not reproduced**"
+    (jrow,) = json.loads(leaderboard.render(board, fmt="json"))["tasks"][0]["rows"]
+    assert jrow["audit_max_gap"] == [0.02, None, None, None]
+    csv = leaderboard.render(board, fmt="csv").splitlines()
+    assert csv[1].split(",")[csv[0].split(",").index("audit_max_gap")] == "0.02;;;"
+
+
+def test_largest_gap_radius_is_the_smallest_radius_of_the_largest_gap() -> None:
+    assert leaderboard.largest_gap_radius({"0": 0.0, "1.5": 0.02, "0.5": 0.02, "1": 0.01}) == 0.5
+    assert leaderboard.largest_gap_radius({"0": 0.0, "1": 0.0}) is None  # no gap: no radius
+    for junk in (None, [0.1], {"x": 0.1, "1": "0.2", "2": float("nan"), "inf": 0.3, "3": True}):
+        assert leaderboard.largest_gap_radius(junk) is None
 
 
 def test_conflicting_copies_of_a_record_are_both_left_out(tmp_path: Path) -> None:
