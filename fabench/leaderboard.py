@@ -13,7 +13,8 @@ over the seeds:
 
 plus the number of seeds, the attacks the worst case covered, whether the data was a subset
 (``record.data_info["data_subset"]``) and what ``fabench audit`` found (:func:`audit_label`; seed by
-seed, with points and radius, in the page's last table, :func:`audit_table`).
+seed, with points and radius, in the page's last table, :func:`audit_table`), and, seed by seed, how
+each trained head's training went (:func:`training_table`).
 
 Only records it can trust are shown (:func:`read_records`; each one left out with one warning
 line): a file that is not a readable record of this schema (:func:`load_record`: also duplicate
@@ -53,7 +54,8 @@ FORMATS = ("markdown", "csv", "json")
 TABLE_FILES = {"markdown": "README.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
 FIGURES_DIR = "figures"
 AUDIT_SECTION = "Audit gaps per seed"
-"""The heading of the leaderboard page's per-seed audit table (with spaces: no task name collides)."""
+TRAINING_SECTION = "Head training per seed"
+"""The headings of the leaderboard page's per-seed audit and training tables (with spaces: no task name collides)."""
 DIGITS = 6
 """Numbers in CSV and JSON are rounded to this many decimals (so they do not show float noise)."""
 
@@ -580,6 +582,49 @@ def audit_table(board: Leaderboard) -> str:
     return out
 
 
+def _per_seed(g: Group, cell: Any) -> str:
+    return " / ".join(cell(r) for r in sorted(g.records, key=lambda r: r.seed))
+
+
+def _fmt(v: Any, spec: str) -> str:
+    value = _num(v)
+    return "-" if v is None else ("n/a" if math.isnan(value) else format(value, spec))
+
+
+def _training(record: Record) -> dict[str, Any]:
+    training = record.model_info.get("training")
+    return training if isinstance(training, dict) else {}
+
+
+def training_table(board: Leaderboard) -> str:
+    """The markdown table of every trained head's training report (``model_info.training``, see
+    :func:`fabench.recipes.common.training_report`), seed by seed, in leaderboard order: clean
+    accuracy on the attacked points, the backbone's own ten-class test accuracy, final loss,
+    training accuracy, steps, the share of the loss decrease in the last 10% of the steps and the
+    verdict; ``""`` when no record has one (e.g. only handcrafted heads)."""
+    groups = [g for g in board.groups if any(_training(r) for r in g.records)]
+    if not groups:
+        return ""
+    rows = []
+    for g in groups:
+        def report(key: str, spec: str) -> str:
+            return _per_seed(g, lambda r: _fmt(_training(r).get(key), spec))
+
+        def verdict(r: Record) -> str:
+            value = _training(r).get("converged")
+            return "yes" if value is True else "**no**" if value is False else "-"
+
+        converged = _per_seed(g, verdict)
+        rows.append([f"`{g.task}`", _recipe_label(g), ", ".join(map(str, g.seeds)),
+                     _per_seed(g, lambda r: _fmt(r.clean_accuracy, ".3f")) + f" ({g.records[0].n_eval})",
+                     report("probe_accuracy", ".4f"), report("final_loss", ".3f"), report("train_accuracy", ".4f"),
+                     report("steps", ".0f"), report("late_decrease", ".1%"), converged])
+    headers = ["task", "recipe", "seeds", "clean acc. (attacked points)", "backbone 10-class acc.", "final loss",
+               "train acc.", "steps", "loss decrease in the last 10%", "converged"]
+    out: str = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return out
+
+
 def audit_label(g: Group) -> str:
     """The *audit gap* cell: over the group's records whose audit applies, ``max gap (k/n)`` for the
     full audits (the whole strong suite, the record reproduced), ``max gap (partial, k/n)`` for
@@ -797,6 +842,14 @@ def render_markdown(board: Leaderboard, *, figures: Mapping[str, Sequence[tuple[
         lines.append("")
         links = [f"![{alt}]({path})" for alt, path in figs.get(table.task, ())]
         lines += links + ([""] if links else [])
+    training = training_table(board)
+    if training:
+        lines += [f"## {TRAINING_SECTION}", "",
+                  "Each trained head's training report (`model_info.training`), seed by seed: clean accuracy on the "
+                  "attacked test points, the backbone's own ten-class test accuracy (`-`: no backbone), the final "
+                  "training loss and accuracy, the steps run, the share of the loss decrease that came in the last "
+                  "10% of them, and the verdict (not converged: more than 1% there, or training accuracy more than "
+                  "0.01 below the backbone's).", "", training, ""]
     audits = audit_table(board)
     if audits:
         lines += [f"## {AUDIT_SECTION}", "",

@@ -481,6 +481,30 @@ def test_the_audit_table_shows_every_seed_with_its_points_and_radius(tmp_path: P
     assert csv[1].split(",")[csv[0].split(",").index("audit_max_gap")] == "0.02;;;"
 
 
+def test_the_training_table_shows_every_seed_of_every_trained_head() -> None:
+    """The page's training table gives each trained head's report seed by seed, in seed order
+    (a missing entry `-`, a verdict of not converged in bold); groups without a report (a
+    handcrafted head) have no row, and a page without any has no such table."""
+    recs = three_seeds()
+    reports = [{"steps": 250, "final_loss": 0.0194, "train_accuracy": 0.99451, "probe_accuracy": 0.9938,
+                "late_decrease": 0.0012, "converged": True},
+               {"steps": 100, "final_loss": 0.169, "train_accuracy": 1.0, "probe_accuracy": None,
+                "late_decrease": 0.0277, "converged": False},
+               {"steps": 5, "final_loss": "junk", "train_accuracy": 0.5, "converged": True}]
+    for rec, report in zip(reversed(recs), reversed(reports)):  # out of seed order
+        rec.model_info = {"training": report}
+    robust = make_record(recipe="robust", seed=0)
+    md = leaderboard.render(leaderboard.build([*recs, robust]))
+    section = md[md.index(f"## {leaderboard.TRAINING_SECTION}"):]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `synthetic`")]
+    assert len(rows) == 1  # robust has no training report
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1:] == ["binary", "0, 1, 2", "0.800 / 0.900 / 1.000 (100)", "0.9938 / - / -",
+                         "0.019 / 0.169 / n/a", "0.9945 / 1.0000 / 0.5000", "250 / 100 / 5",
+                         "0.1% / 2.8% / -", "yes / **no** / yes"]
+    assert leaderboard.TRAINING_SECTION not in leaderboard.render(leaderboard.build([robust]))
+
+
 def test_largest_gap_radius_is_the_smallest_radius_of_the_largest_gap() -> None:
     assert leaderboard.largest_gap_radius({"0": 0.0, "1.5": 0.02, "0.5": 0.02, "1": 0.01}) == 0.5
     assert leaderboard.largest_gap_radius({"0": 0.0, "1": 0.0}) is None  # no gap: no radius
