@@ -22,7 +22,7 @@ File format (every key optional except ``tasks`` and ``recipes``)::
     tasks = ["synthetic", "mnist5v5"]  # names, or task files (*.toml, relative to this file)
     recipes = ["binary", "fine"]
     seeds = [0, 1, 2]                  # or "0:3" (half-open), or one integer; default [0]
-    attacks = ["analytic", "pairwise"] # default: the four built-ins
+    attacks = ["analytic", "pairwise"] # default: the default protocol (as evaluate)
     epsilons = "0:20:2"                # or [0, 10, 20]; default: each task's own grid
     n_eval = 0                         # test points attacked (0 = all)
     set = ["d=64", "recipe.lr=0.01"]   # --set for every job (or a table: { d = 64 })

@@ -4,7 +4,7 @@
 
 1. the published leaderboard's sweep with every record finished: wall time of
    ``fabench sweep leaderboard/sweep.toml --dry-run`` (a fresh process: interpreter start, imports,
-   resolving all 27 jobs, one key lookup each; target <= 5 s), and whether Ray was imported;
+   resolving all 36 jobs, one key lookup each; target <= 5 s), and whether Ray was imported;
 2. the 12 small synthetic jobs of ``sweeps/synthetic-small.toml`` into a fresh directory: wall
    time with a local Ray at 2 workers (``--jobs 2``) and in-process (``--jobs 1``, with torch's
    default threads and with ``OMP_NUM_THREADS=1``);

@@ -151,7 +151,7 @@ def test_fine_head_more_robust_in_feature_space(plain_gd_records: dict[str, Reco
     averages its features and the fine head's survive larger radii in feature space (measured here:
     2.4x, FA 0.97 vs 0.12). Under the default standardised GD (a diagonal preconditioner) the fine
     head still averages far less, but the distance contrast is much weaker on this small setting
-    (about 1.0x; 1.5x on the full mnist5v5), which the README states."""
+    (about 1.0x; 1.4x on the full mnist5v5), which the README states."""
     binary, fine = plain_gd_records["binary"], plain_gd_records["fine"]
     assert fine.feature_space["median_min_distance"] > 1.5 * binary.feature_space["median_min_distance"]
     assert binary.fa_score is not None and fine.fa_score is not None
