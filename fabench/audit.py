@@ -252,7 +252,40 @@ def check_audit(record_path: Path, record: Record) -> tuple[dict[str, Any] | Non
         return None, "an audit of another record (its key)"
     if obj.get("record_digest") != record_digest(record):
         return None, "not an audit of this record (recomputed with other numbers, or relabelled, since)"
+    problem = audit_problem(obj, record)
+    if problem:
+        return None, f"not a well-formed audit ({problem})"
     return obj, None
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
+
+
+def audit_problem(obj: Mapping[str, Any], record: Record) -> str | None:
+    """Why the fields of an audit of ``record`` that readers use are not what :func:`audit_record`
+    writes, or ``None``: ``n_eval`` a positive integer (the record's own count when
+    ``reproduced``), ``reproduced`` a boolean, ``gaps`` a fraction in [0, 1] at every radius of
+    the record, ``max_gap`` their largest, ``suite`` a mapping. The digest binds an audit to its
+    record, not its numbers to a run: this keeps a hand-edited or truncated audit from being shown
+    as something it cannot be (or from crashing a reader)."""
+    n_eval, reproduced, gaps = obj.get("n_eval"), obj.get("reproduced"), obj.get("gaps")
+    if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 1:
+        return f"n_eval {n_eval!r} is not a positive integer"
+    if not isinstance(reproduced, bool):
+        return f"reproduced {reproduced!r} is not true or false"
+    if reproduced and n_eval != record.n_eval:
+        return f"a reproduction on {n_eval} points of a record of {record.n_eval}"
+    if not isinstance(gaps, dict) or set(gaps) != {radius_key(r) for r in record.radii}:
+        return "its gaps are not one per radius of the record"
+    if not all(_fraction(g) for g in gaps.values()):
+        return "a gap is not a number in [0, 1]"
+    max_gap = obj.get("max_gap")
+    if not (_fraction(max_gap) and isinstance(max_gap, (int, float))) or abs(max_gap - max(gaps.values(), default=0.0)) > 1e-6:
+        return f"max_gap {max_gap!r} is not the largest of its gaps"
+    if not isinstance(obj.get("suite"), dict):
+        return "its suite is not a mapping"
+    return None
 
 
 def read_audit(record_path: Path, record: Record) -> dict[str, Any] | None:

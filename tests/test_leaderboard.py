@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import math
 import random
 import shutil
@@ -451,6 +452,36 @@ def test_partial_and_unreproduced_audits_are_shown_as_such(tmp_path: Path) -> No
                   {"ran": list(audit.STRONG_ATTACKS), "skipped": {}, "modified": ["cw"]},
                   {"ran": list(audit.STRONG_ATTACKS)}, {}):
         assert not audit.is_full_suite(suite)
+
+
+MALFORMED_AUDITS = {
+    "max_gap not a number": (lambda a: a.update(max_gap="x"), "max_gap 'x' is not the largest of its gaps"),
+    "max_gap not the largest gap": (lambda a: a.update(max_gap=0.0), "max_gap 0.0 is not the largest of its gaps"),
+    "gap out of range": (lambda a: a["gaps"].update({"10": 1.5}), "a gap is not a number in [0, 1]"),
+    "gap not a number": (lambda a: a["gaps"].update({"10": "0.1"}), "a gap is not a number in [0, 1]"),
+    "a radius missing": (lambda a: a["gaps"].pop("10"), "its gaps are not one per radius of the record"),
+    "n_eval not an integer": (lambda a: a.update(n_eval="many"), "n_eval 'many' is not a positive integer"),
+    "reproduced not a boolean": (lambda a: a.update(reproduced="yes"), "reproduced 'yes' is not true or false"),
+    "reproduced on other points": (lambda a: a.update(n_eval=7), "a reproduction on 7 points of a record of 100"),
+    "suite not a mapping": (lambda a: a.update(suite=["apgd"]), "its suite is not a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_AUDITS))
+def test_a_malformed_audit_is_not_shown(tmp_path: Path, case: str) -> None:
+    """An audit bound to its record (right key and digest) whose fields are not what `fabench
+    audit` writes is left out with one warning naming what is wrong (it crashed the leaderboard:
+    `float('x')`), and the row shows no audit."""
+    res = tmp_path / "res"
+    rec = make_record(attacks=("analytic", "pgd", "exact"))
+    path = write_record(rec, res)
+    obj = write_audit_json(rec, path, gap=0.02)
+    change, why = MALFORMED_AUDITS[case]
+    change(obj)
+    path.with_name(path.stem + ".audit").write_text(json.dumps(obj))
+    with pytest.warns(leaderboard.RecordWarning, match=re.escape(f"is not a well-formed audit ({why})")):
+        md = leaderboard.render(leaderboard.load(res))
+    assert audit_cell(md) == "no" and leaderboard.AUDIT_SECTION not in md
 
 
 def test_the_audit_table_shows_every_seed_with_its_points_and_radius(tmp_path: Path) -> None:
