@@ -281,7 +281,8 @@ def audit_problem(obj: Mapping[str, Any], record: Record) -> str | None:
     if not all(_fraction(g) for g in gaps.values()):
         return "a gap is not a number in [0, 1]"
     max_gap = obj.get("max_gap")
-    if not (_fraction(max_gap) and isinstance(max_gap, (int, float))) or abs(max_gap - max(gaps.values(), default=0.0)) > 1e-6:
+    largest = max(gaps.values(), default=0.0)
+    if not (_fraction(max_gap) and isinstance(max_gap, (int, float))) or abs(max_gap - largest) > 1e-6:
         return f"max_gap {max_gap!r} is not the largest of its gaps"
     if not isinstance(obj.get("suite"), dict):
         return "its suite is not a mapping"

@@ -40,7 +40,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -575,14 +575,15 @@ def audit_table(board: Leaderboard) -> str:
     if not any("audit" in r.flags for g in board.groups for r in g.records):
         return ""
     rows = [[f"`{g.task}`", _recipe_label(g), f"`{g.config_id}`", ", ".join(map(str, g.seeds)),
-             " / ".join(audit_seed_cell(r) for r in sorted(g.records, key=lambda r: r.seed))]
+             _per_seed(g, audit_seed_cell)]
             for g in board.groups]
     headers = ["task", "recipe", "config", "seeds", "largest gap per seed (points, smallest radius)"]
     out: str = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     return out
 
 
-def _per_seed(g: Group, cell: Any) -> str:
+def _per_seed(g: Group, cell: Callable[[Record], str]) -> str:
+    """``cell`` of each of the group's records, in seed order, joined by `` / ``."""
     return " / ".join(cell(r) for r in sorted(g.records, key=lambda r: r.seed))
 
 

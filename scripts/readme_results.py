@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Copy the published leaderboard's tables into README.md (its per-task tables and its audit table).
+"""Copy the published leaderboard's tables into README.md (per task, head training and audits, per seed).
 
 Each table in README.md sits between ``<!-- results:TASK -->`` and ``<!-- /results:TASK -->``; this
 script replaces what is between the markers with the table under ``## TASK`` in
@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"(<!-- results:(?P<task>[^>\n]+?) -->\n)(?P<body>.*?)(<!-- /results:(?P=task) -->)", re.S)
-"""A table's markers name its section of the leaderboard page: a task, or ``Audit gaps per seed``."""
+"""A table's markers name its section of the leaderboard page: a task, ``Head training per seed`` or
+``Audit gaps per seed``."""
 
 
 def leaderboard_tables(text: str) -> dict[str, str]:
