@@ -54,7 +54,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeGuard
 
 from fabench import params as P
 from fabench import registry
@@ -258,7 +258,8 @@ def check_audit(record_path: Path, record: Record) -> tuple[dict[str, Any] | Non
     return obj, None
 
 
-def _fraction(v: Any) -> bool:
+def _fraction(v: Any) -> TypeGuard[float]:
+    """A number (not a boolean) in [0, 1]."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
 
 
@@ -282,7 +283,7 @@ def audit_problem(obj: Mapping[str, Any], record: Record) -> str | None:
         return "a gap is not a number in [0, 1]"
     max_gap = obj.get("max_gap")
     largest = max(gaps.values(), default=0.0)
-    if not (_fraction(max_gap) and isinstance(max_gap, (int, float))) or abs(max_gap - largest) > 1e-6:
+    if not _fraction(max_gap) or abs(max_gap - largest) > 1e-6:
         return f"max_gap {max_gap!r} is not the largest of its gaps"
     if not isinstance(obj.get("suite"), dict):
         return "its suite is not a mapping"

@@ -549,6 +549,15 @@ def largest_gap_radius(gaps: Any) -> float | None:
     return None if best is None else -best[1]
 
 
+def audit_kind(audit: Mapping[str, Any]) -> str:
+    """How far an audit summary (``flags["audit"]``) vouches for its record: ``full`` (the whole
+    strong suite ran and the re-run reproduced the record: its gap counts), ``partial`` (reproduced,
+    part of the suite) or ``unreproduced`` (its gap vouches for nothing)."""
+    if not audit.get("reproduced"):
+        return "unreproduced"
+    return "full" if audit.get("full") else "partial"
+
+
 def audit_seed_cell(record: Record) -> str:
     """One record's cell of the per-seed audit table: ``-`` without an audit that applies;
     ``**not reproduced**`` when the audit's re-run did not give the record back (its gap vouches
@@ -558,7 +567,8 @@ def audit_seed_cell(record: Record) -> str:
     audit = record.flags.get("audit")
     if not isinstance(audit, dict):
         return "-"
-    if not audit.get("reproduced"):
+    kind = audit_kind(audit)
+    if kind == "unreproduced":
         return "**not reproduced**"
     gap, n = _num(audit.get("max_gap")), audit.get("n_eval")
     text = "n/a" if math.isnan(gap) else ("0" if gap == 0 else f"{gap:.3f}")
@@ -566,7 +576,7 @@ def audit_seed_cell(record: Record) -> str:
     if gap > 0 and isinstance(at, float):
         points = f"{round(gap * n)} of {n} " if isinstance(n, int) and not isinstance(n, bool) and n > 0 else ""
         text += f" ({points}at ε={radius_key(at)})"
-    return text if audit.get("full") else f"{text} (partial)"
+    return text if kind == "full" else f"{text} (partial)"
 
 
 def audit_table(board: Leaderboard) -> str:
@@ -633,9 +643,9 @@ def audit_label(g: Group) -> str:
     not give the record's numbers back (their gaps vouch for nothing); ``no`` without any."""
     audits = [r.flags["audit"] for r in g.records if "audit" in r.flags]
     n = len(g.records)
-    full = [float(a["max_gap"]) for a in audits if a.get("reproduced") and a.get("full")]
-    partial = [float(a["max_gap"]) for a in audits if a.get("reproduced") and not a.get("full")]
-    unreproduced = [a for a in audits if not a.get("reproduced")]
+    full = [float(a["max_gap"]) for a in audits if audit_kind(a) == "full"]
+    partial = [float(a["max_gap"]) for a in audits if audit_kind(a) == "partial"]
+    unreproduced = [a for a in audits if audit_kind(a) == "unreproduced"]
     parts = []
     if full:
         parts.append(f"{max(full):.3f} ({len(full)}/{n})")
@@ -891,7 +901,7 @@ def rows(board: Leaderboard) -> list[dict[str, Any]]:
 def _audit_gap(record: Record) -> float | None:
     """The largest gap of the record's full, reproduced audit (rounded), else ``None``."""
     audit = record.flags.get("audit")
-    if not isinstance(audit, dict) or not audit.get("reproduced") or not audit.get("full"):
+    if not isinstance(audit, dict) or audit_kind(audit) != "full":
         return None
     gap = _num(audit.get("max_gap"))
     return None if math.isnan(gap) else _round(gap)
